@@ -1,0 +1,1 @@
+"""Stream processors and their building blocks, all run by one worker runtime."""

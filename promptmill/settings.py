@@ -1,0 +1,99 @@
+"""Settings: one pydantic-settings model, built once at start.
+
+Every setting is an environment variable with the ``PROMPTMILL_`` prefix (also read from
+a ``.env`` file); the connection settings also answer to the names other tools use
+(``KAFKA_BOOTSTRAP_SERVERS``, ``REDIS_URL``, ``OPENAI_BASE_URL``, ``OPENAI_API_KEY``).
+A bad value stops the program with one line naming the variable (:func:`load_settings`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas import PromptmillError
+
+
+def _alias(name: str) -> AliasChoices:
+    return AliasChoices(name, f"PROMPTMILL_{name}")
+
+
+class SettingsError(PromptmillError):
+    """A setting is missing or invalid."""
+
+
+class Settings(BaseSettings):
+    """All of promptmill's settings; field docs are the README's settings table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PROMPTMILL_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    # Kafka
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=_alias("KAFKA_BOOTSTRAP_SERVERS"),
+        description="Kafka bootstrap servers; unset = the local stack's broker",
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    topic_prefix: str = Field(default="promptmill", pattern=r"^[A-Za-z0-9._\-]+$")
+    topic_partitions: dict[str, int] = Field(default_factory=dict)
+    topic_replication: int = Field(default=1, ge=1)
+    topic_retention_ms: dict[str, int] = Field(default_factory=dict)
+
+    # Redis
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=_alias("REDIS_URL"),
+        description="Redis URL; unset = the local stack's redis-server",
+    )
+    redis_key_prefix: str = "promptmill"
+
+    # Model endpoint
+    openai_base_url: str | None = Field(
+        default=None,
+        validation_alias=_alias("OPENAI_BASE_URL"),
+        description="OpenAI-compatible base URL; unset = the local stack's model",
+    )
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_alias("OPENAI_API_KEY")
+    )
+    default_model: str | None = None
+    model_timeout_seconds: float = Field(default=60.0, gt=0)
+    model_max_attempts: int = Field(default=6, ge=1, le=50)
+    model_backoff_base_seconds: float = Field(default=0.5, gt=0)
+    model_backoff_max_seconds: float = Field(default=30.0, gt=0)
+    max_prompt_tokens: int = Field(default=8192, ge=1)
+
+    # Worker
+    worker_concurrency: int = Field(default=128, ge=1, le=10000)
+    worker_drain_seconds: float = Field(default=25.0, ge=0)
+    worker_commit_interval_seconds: float = Field(default=0.5, gt=0)
+    worker_session_timeout_ms: int = Field(default=10000, ge=1000)
+    cache_enabled: bool = True
+    cache_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=1)
+
+    # Local stack and logging
+    state_dir: Path = Path.home() / ".local" / "state" / "promptmill"
+    cache_dir: Path = Path.home() / ".cache" / "promptmill"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+def load_settings() -> Settings:
+    """Build the settings once; a bad value raises :class:`SettingsError` naming it."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        name = f"PROMPTMILL_{field.upper()}" if not field.isupper() else field
+        raise SettingsError(f"bad setting {name}: {err['msg']}") from None

@@ -1,0 +1,33 @@
+"""The wire contract of promptmill.
+
+Every record that crosses Kafka is one of the pydantic models exported here, encoded
+as JSON with orjson by :mod:`schemas.codec`, and carries ``schema_version`` so that a
+consumer in any language can tell what it is reading.
+"""
+
+from schemas.batches import BatchManifest
+from schemas.codec import decode, encode
+from schemas.errors import ErrorCode, PromptmillError
+from schemas.headers import Header
+from schemas.jobs import ChatMessage, PromptJob, TemplateRef
+from schemas.results import Completion, Failure, SourcePosition, TerminalRecord, Usage
+from schemas.templates import LabelRecord, Template
+
+__all__ = [
+    "BatchManifest",
+    "ChatMessage",
+    "Completion",
+    "ErrorCode",
+    "Failure",
+    "Header",
+    "LabelRecord",
+    "PromptJob",
+    "PromptmillError",
+    "SourcePosition",
+    "Template",
+    "TemplateRef",
+    "TerminalRecord",
+    "Usage",
+    "decode",
+    "encode",
+]

@@ -1,0 +1,122 @@
+"""Prompt jobs: what a producer puts on the jobs topic.
+
+A job either names a template (``summarize``, ``summarize@3``, ``summarize@staging``)
+with variables, or carries raw chat messages. The producer resolves a label to a version
+at submit time and writes it into ``template_version`` so that a label moved mid-batch
+never mixes versions inside one batch.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+DEFAULT_LABEL = "production"
+
+
+class ChatMessage(BaseModel):
+    """One chat message in OpenAI's shape."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str
+    name: str | None = None
+
+
+class ModelParams(BaseModel):
+    """Sampling parameters a job (or template) may set; unknown keys are a schema error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    response_format: dict[str, Any] | None = None
+    user: str | None = None
+
+    def merged_over(self, base: ModelParams) -> ModelParams:
+        """These parameters with ``base`` filling whatever is unset here."""
+        return ModelParams.model_validate(
+            base.model_dump(exclude_none=True) | self.model_dump(exclude_none=True)
+        )
+
+    def as_request(self) -> dict[str, Any]:
+        """The parameters as request fields, unset ones left out."""
+        return self.model_dump(exclude_none=True)
+
+
+class TemplateRef(BaseModel):
+    """A parsed template reference: a name plus a version number or a label."""
+
+    name: str
+    version: int | None = None
+    label: str | None = None
+
+    @classmethod
+    def parse(cls, ref: str) -> TemplateRef:
+        """Parse ``name``, ``name@3`` or ``name@label``; raises ``ValueError`` when malformed."""
+        name, _, selector = ref.strip().partition("@")
+        if not _NAME_RE.match(name):
+            raise ValueError(f"invalid template name {name!r} in reference {ref!r}")
+        if not selector:
+            return cls(name=name, label=DEFAULT_LABEL)
+        if selector.isdigit():
+            return cls(name=name, version=int(selector))
+        if not _NAME_RE.match(selector):
+            raise ValueError(f"invalid version or label {selector!r} in reference {ref!r}")
+        return cls(name=name, label=selector)
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.version if self.version is not None else self.label}"
+
+
+class PromptJob(BaseModel):
+    """One unit of work: render (or take) messages, call the model, publish the result."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    job_id: str = Field(min_length=1, max_length=256)
+    batch_id: str = Field(min_length=1, max_length=128)
+    tenant: str = Field(default="default", min_length=1, max_length=128)
+    custom_id: str | None = Field(default=None, max_length=512)
+    template: str | None = None
+    template_version: int | None = Field(default=None, ge=1)
+    variables: dict[str, Any] = Field(default_factory=dict)
+    messages: list[ChatMessage] | None = None
+    model: str | None = None
+    params: ModelParams = Field(default_factory=ModelParams)
+    cache: bool | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    submitted_at: datetime | None = None
+    source_line: int | None = None
+
+    @model_validator(mode="after")
+    def _template_xor_messages(self) -> Self:
+        if (self.template is None) == (self.messages is None):
+            raise ValueError("a job needs exactly one of 'template' or 'messages'")
+        if self.messages is not None and not self.messages:
+            raise ValueError("'messages' must not be empty")
+        if self.template is not None:
+            TemplateRef.parse(self.template)
+        return self
+
+    def template_ref(self) -> TemplateRef | None:
+        """The template this job uses, pinned to ``template_version`` when resolved."""
+        if self.template is None:
+            return None
+        ref = TemplateRef.parse(self.template)
+        if self.template_version is not None:
+            return TemplateRef(name=ref.name, version=self.template_version)
+        return ref

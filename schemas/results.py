@@ -1,0 +1,89 @@
+"""Terminal records: every job ends in exactly one kind, a Completion or a Failure."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.errors import ErrorCode
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Usage(BaseModel):
+    """Token usage as the model reported it."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class SourcePosition(BaseModel):
+    """Where a record came from: a file line, or a topic-partition-offset."""
+
+    file: str | None = None
+    line: int | None = None
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+    def __str__(self) -> str:
+        if self.topic is not None:
+            return f"{self.topic}[{self.partition}]@{self.offset}"
+        return f"{self.file}:{self.line}"
+
+
+class Completion(BaseModel):
+    """A job's successful result, published to the completions topic."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["completion"] = "completion"
+    schema_version: Literal[1] = 1
+    job_id: str
+    batch_id: str
+    tenant: str
+    custom_id: str | None = None
+    model: str
+    template: str | None = None
+    template_version: int | None = None
+    text: str
+    finish_reason: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    cached: bool = False
+    attempts: int = 1
+    response_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Failure(BaseModel):
+    """A dead letter: a job that cannot succeed, with a stable code and its payload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["failure"] = "failure"
+    schema_version: Literal[1] = 1
+    job_id: str
+    batch_id: str | None = None
+    tenant: str | None = None
+    custom_id: str | None = None
+    code: ErrorCode
+    message: str
+    retriable: bool = False
+    attempts: int = 0
+    template: str | None = None
+    template_version: int | None = None
+    payload: str = ""
+    source: SourcePosition | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    failed_at: datetime = Field(default_factory=utcnow)
+
+
+TerminalRecord = Completion | Failure

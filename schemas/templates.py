@@ -1,0 +1,75 @@
+"""Versioned prompt templates and the labels that point at versions.
+
+Both live on the compacted templates topic: a version is immutable and keyed
+``version:<name>:<n>``; a label (``production``, ``staging``) is keyed
+``label:<name>:<label>`` and its latest record wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.jobs import NAME_PATTERN, ChatMessage, ModelParams
+from schemas.results import utcnow
+
+
+class TemplateBody(BaseModel):
+    """What a template file says: the part whose change makes a new version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    model: str | None = None
+    params: ModelParams = Field(default_factory=ModelParams)
+    variables: list[str] = Field(default_factory=list)
+    messages: list[ChatMessage] = Field(min_length=1)
+
+    def compute_hash(self) -> str:
+        """A stable hash of the content, used to tell whether a push changes anything."""
+        canonical = orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        return hashlib.sha256(canonical).hexdigest()
+
+
+class Template(TemplateBody):
+    """One immutable version of a template, as published to the templates topic."""
+
+    kind: Literal["template"] = "template"
+    schema_version: Literal[1] = 1
+    version: int = Field(ge=1)
+    content_hash: str
+    created_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def key(self) -> str:
+        return version_key(self.name, self.version)
+
+
+class LabelRecord(BaseModel):
+    """Points a label of a template at one version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["label"] = "label"
+    schema_version: Literal[1] = 1
+    name: str = Field(pattern=NAME_PATTERN)
+    label: str = Field(pattern=NAME_PATTERN)
+    version: int = Field(ge=1)
+    moved_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def key(self) -> str:
+        return label_key(self.name, self.label)
+
+
+def version_key(name: str, version: int) -> str:
+    return f"version:{name}:{version}"
+
+
+def label_key(name: str, label: str) -> str:
+    return f"label:{name}:{label}"

@@ -1,0 +1,95 @@
+"""The topic catalog: every topic promptmill uses, named once, with an environment prefix.
+
+``<prefix>.jobs`` carries prompt jobs; ``<prefix>.completions`` and ``<prefix>.failures``
+carry the terminal records; ``<prefix>.templates`` is compacted and holds every template
+version and label; ``<prefix>.batches`` holds batch manifests. Partitions, replication
+and retention come from settings; cleanup policy is part of the contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+DAY_MS = 24 * 3600 * 1000
+
+
+class TopicKind(StrEnum):
+    JOBS = "jobs"
+    COMPLETIONS = "completions"
+    FAILURES = "failures"
+    TEMPLATES = "templates"
+    BATCHES = "batches"
+
+
+class ConsumerGroup(StrEnum):
+    """Consumer group suffixes, one per processor."""
+
+    PROMPTS = "prompts"
+
+
+DEFAULT_PARTITIONS: dict[TopicKind, int] = {
+    TopicKind.JOBS: 12,
+    TopicKind.COMPLETIONS: 6,
+    TopicKind.FAILURES: 3,
+    TopicKind.TEMPLATES: 1,
+    TopicKind.BATCHES: 3,
+}
+DEFAULT_RETENTION_MS: dict[TopicKind, int] = {
+    TopicKind.JOBS: 7 * DAY_MS,
+    TopicKind.COMPLETIONS: 14 * DAY_MS,
+    TopicKind.FAILURES: 30 * DAY_MS,
+    TopicKind.TEMPLATES: -1,
+    TopicKind.BATCHES: 30 * DAY_MS,
+}
+COMPACTED = {TopicKind.TEMPLATES}
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic as it should exist on the broker."""
+
+    kind: TopicKind
+    name: str
+    partitions: int
+    replication: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+class TopicCatalog:
+    """Names and specs of promptmill's topics for one environment prefix."""
+
+    def __init__(
+        self,
+        prefix: str,
+        *,
+        partitions: dict[str, int] | None = None,
+        replication: int = 1,
+        retention_ms: dict[str, int] | None = None,
+    ) -> None:
+        unknown = set(partitions or {}) | set(retention_ms or {})
+        unknown -= {k.value for k in TopicKind}
+        if unknown:
+            raise ValueError(f"unknown topic kind(s) in settings: {', '.join(sorted(unknown))}")
+        self.prefix = prefix
+        self._partitions = {k: (partitions or {}).get(k, DEFAULT_PARTITIONS[k]) for k in TopicKind}
+        self._retention = {
+            k: (retention_ms or {}).get(k, DEFAULT_RETENTION_MS[k]) for k in TopicKind
+        }
+        self._replication = replication
+
+    def name(self, kind: TopicKind) -> str:
+        return f"{self.prefix}.{kind.value}"
+
+    def group(self, group: ConsumerGroup) -> str:
+        return f"{self.prefix}.{group.value}"
+
+    def spec(self, kind: TopicKind) -> TopicSpec:
+        if kind in COMPACTED:
+            config = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+        else:
+            config = {"cleanup.policy": "delete", "retention.ms": str(self._retention[kind])}
+        return TopicSpec(kind, self.name(kind), self._partitions[kind], self._replication, config)
+
+    def specs(self) -> list[TopicSpec]:
+        return [self.spec(kind) for kind in TopicKind]
