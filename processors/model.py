@@ -1,0 +1,171 @@
+"""The model client: chat completions through the official ``openai`` SDK.
+
+The SDK runs on its aiohttp transport (``DefaultAioHttpClient``) against any
+OpenAI-compatible base URL. The SDK's own retries are off: this client retries itself so
+that it can count attempts, honour ``Retry-After`` on 429 and 5xx, back off with jitter,
+and turn the last error into a stable :class:`~schemas.ErrorCode`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+
+from processors.retry import Backoff, retry_after_seconds
+from schemas import ChatMessage, ErrorCode, PromptmillError, Usage
+
+log = logging.getLogger(__name__)
+
+
+class ModelCallError(PromptmillError):
+    """A model call that failed for good; ``code`` says how."""
+
+    def __init__(self, message: str, *, code: ErrorCode, retriable: bool, attempts: int) -> None:
+        super().__init__(message, code=code, retriable=retriable)
+        self.attempts = attempts
+
+
+@dataclass(frozen=True)
+class ModelReply:
+    text: str
+    finish_reason: str | None
+    usage: Usage
+    model: str
+    response_id: str | None
+    attempts: int
+    latency_ms: float
+
+
+class ModelClient:
+    """Calls ``/v1/chat/completions`` with bounded, classified retries."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 60.0,
+        max_attempts: int = 6,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._base_url = base_url
+        self._api_key = api_key
+        self._timeout = timeout
+        self._max_attempts = max_attempts
+        self._backoff = backoff or Backoff()
+        self._client: openai.AsyncOpenAI | None = None
+
+    async def start(self) -> None:
+        if self._client is None:
+            self._client = openai.AsyncOpenAI(
+                base_url=self._base_url,
+                api_key=self._api_key,
+                max_retries=0,
+                timeout=self._timeout,
+                http_client=openai.DefaultAioHttpClient(timeout=self._timeout),
+            )
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def complete(
+        self, model: str, messages: list[ChatMessage], params: dict[str, Any]
+    ) -> ModelReply:
+        """One completion, retried per policy; raises :class:`ModelCallError`."""
+        if self._client is None:
+            raise RuntimeError("ModelClient.complete() called before start()")
+        wire: Any = [m.model_dump(exclude_none=True) for m in messages]
+        started = time.monotonic()
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                reply = await self._client.chat.completions.create(
+                    model=model, messages=wire, **params
+                )
+            except openai.APIStatusError as exc:
+                code, retriable = _classify_status(exc)
+                wait = retry_after_seconds(exc.response.headers) if retriable else None
+                error = f"HTTP {exc.status_code}: {_error_message(exc)}"
+            except openai.APITimeoutError:
+                code, retriable, wait, error = ErrorCode.MODEL_TIMEOUT, True, None, "timed out"
+            except (
+                openai.APIConnectionError,
+                openai.APIResponseValidationError,
+                ValueError,
+            ) as exc:
+                code, retriable, wait = ErrorCode.MODEL_ERROR, True, None
+                error = f"{type(exc).__name__}: {exc}"
+            else:
+                return _reply(reply, attempt, started)
+            if not retriable or attempt == self._max_attempts:
+                raise ModelCallError(
+                    f"{error} (after {attempt} attempt(s))",
+                    code=code,
+                    retriable=retriable,
+                    attempts=attempt,
+                )
+            delay = self._backoff.delay(attempt, wait)
+            log.debug("model attempt %d failed (%s); retrying in %.2fs", attempt, error, delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _reply(reply: Any, attempt: int, started: float) -> ModelReply:
+    if not getattr(reply, "choices", None):
+        raise ModelCallError(
+            "model answered without choices",
+            code=ErrorCode.MODEL_ERROR,
+            retriable=False,
+            attempts=attempt,
+        )
+    choice = reply.choices[0]
+    if choice.finish_reason == "content_filter":
+        raise ModelCallError(
+            "the provider's content filter stopped the completion",
+            code=ErrorCode.CONTENT_FILTER,
+            retriable=False,
+            attempts=attempt,
+        )
+    usage = reply.usage
+    return ModelReply(
+        text=choice.message.content or "",
+        finish_reason=choice.finish_reason,
+        usage=Usage(
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            total_tokens=usage.total_tokens if usage else 0,
+        ),
+        model=reply.model,
+        response_id=reply.id,
+        attempts=attempt,
+        latency_ms=(time.monotonic() - started) * 1000.0,
+    )
+
+
+def _classify_status(exc: openai.APIStatusError) -> tuple[ErrorCode, bool]:
+    status = exc.status_code
+    code = str(getattr(exc, "code", "") or "")
+    if status == 429:
+        return ErrorCode.RATE_LIMIT_EXHAUSTED, True
+    if status in (408, 409) or status >= 500:
+        return ErrorCode.MODEL_ERROR, True
+    if code == "context_length_exceeded" or "maximum context length" in _error_message(exc):
+        return ErrorCode.PROMPT_TOO_LONG, False
+    if code == "content_filter" or code == "content_policy_violation":
+        return ErrorCode.CONTENT_FILTER, False
+    return ErrorCode.MODEL_ERROR, False
+
+
+def _error_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])[:300]
+    return str(exc.message)[:300]

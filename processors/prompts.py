@@ -1,0 +1,247 @@
+"""The prompt processor: a prompt job in, a completion or a dead letter out.
+
+decode -> validate -> resolve the template version -> render -> length check -> cache
+lookup -> (coalesced) model call -> cache store -> completion. Every way a job can fail
+maps to an :class:`~schemas.ErrorCode` and a :class:`~schemas.Failure` record on the
+failures topic; the worker runtime publishes it and commits in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+from pydantic import ValidationError
+
+from processors.cache import Coalescer, ResponseCache, request_key
+from processors.model import ModelCallError, ModelClient, ModelReply
+from processors.runtime import InRecord, Outcome
+from processors.templates import Renderer, TemplateStore
+from schemas import (
+    ChatMessage,
+    Completion,
+    ErrorCode,
+    Failure,
+    Header,
+    PromptJob,
+    PromptmillError,
+    Usage,
+    encode,
+)
+from schemas.jobs import ModelParams
+from schemas.validation import describe_validation_error
+from topics import TopicCatalog, TopicKind
+
+log = logging.getLogger(__name__)
+
+
+class PromptTooLong(PromptmillError):
+    code = ErrorCode.PROMPT_TOO_LONG
+
+
+def estimate_tokens(messages: list[ChatMessage]) -> int:
+    """A provider-neutral estimate: ~4 characters a token plus a few per message."""
+    return sum(math.ceil(len(m.content) / 4) + 4 for m in messages)
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    default_model: str
+    max_prompt_tokens: int = 8192
+    cache_enabled: bool = True
+
+
+class PromptProcessor:
+    """Handles records of the jobs topic; see the module docstring for the steps."""
+
+    name = "prompts"
+
+    def __init__(
+        self,
+        catalog: TopicCatalog,
+        templates: TemplateStore,
+        model: ModelClient,
+        cache: ResponseCache,
+        config: PromptConfig,
+    ) -> None:
+        self._completions = catalog.name(TopicKind.COMPLETIONS)
+        self._failures = catalog.name(TopicKind.FAILURES)
+        self._templates = templates
+        self._renderer = Renderer()
+        self._model = model
+        self._cache = cache
+        self._coalescer: Coalescer[ModelReply] = Coalescer()
+        self._config = config
+
+    async def start(self) -> None:
+        await self._model.start()
+
+    async def stop(self) -> None:
+        await self._model.stop()
+
+    async def handle(self, record: InRecord) -> Sequence[Outcome]:
+        try:
+            job = PromptJob.model_validate_json(record.value or b"")
+        except ValidationError as exc:
+            code, message = describe_validation_error(exc)
+            return [self._failure(record, None, code, message)]
+        try:
+            completion = await self._process(job)
+        except ModelCallError as exc:
+            return [self._failure(record, job, exc.code, exc.message, exc.attempts, exc.retriable)]
+        except PromptmillError as exc:
+            return [self._failure(record, job, exc.code, exc.message)]
+        return [
+            Outcome(
+                self._completions,
+                encode(completion),
+                key=job.job_id.encode(),
+                headers=_headers(job.batch_id, job.job_id, job.tenant),
+            )
+        ]
+
+    def dead_letter(self, record: InRecord, error: BaseException) -> Outcome:
+        message = f"internal error: {type(error).__name__}: {error}"
+        return self._failure(record, None, ErrorCode.INTERNAL_ERROR, message)
+
+    async def _process(self, job: PromptJob) -> Completion:
+        ref = job.template_ref()
+        template = self._templates.resolve(ref) if ref else None
+        if template is not None:
+            messages = self._renderer.render(template, job.variables)
+            params = job.params.merged_over(template.params)
+            model = job.model or template.model or self._config.default_model
+        else:
+            messages, params = list(job.messages or []), job.params
+            model = job.model or self._config.default_model
+        tokens = estimate_tokens(messages)
+        if tokens > self._config.max_prompt_tokens:
+            raise PromptTooLong(
+                f"prompt is ~{tokens} tokens, over the limit of {self._config.max_prompt_tokens}"
+            )
+        reply, cached = await self._call(job, model, messages, params)
+        return Completion(
+            job_id=job.job_id,
+            batch_id=job.batch_id,
+            tenant=job.tenant,
+            custom_id=job.custom_id,
+            model=reply.model or model,
+            template=template.name if template else None,
+            template_version=template.version if template else None,
+            text=reply.text,
+            finish_reason=reply.finish_reason,
+            usage=reply.usage if not cached else Usage(**reply.usage.model_dump()),
+            latency_ms=reply.latency_ms if not cached else 0.0,
+            cached=cached,
+            attempts=reply.attempts if not cached else 0,
+            response_id=reply.response_id,
+            metadata=job.metadata,
+        )
+
+    async def _call(
+        self, job: PromptJob, model: str, messages: list[ChatMessage], params: ModelParams
+    ) -> tuple[ModelReply, bool]:
+        request = params.as_request()
+        cacheable = self._config.cache_enabled and (
+            job.cache if job.cache is not None else _deterministic(params)
+        )
+        if not cacheable:
+            return await self._model.complete(model, messages, request), False
+        key = request_key(model, messages, request)
+        hit = await self._cache.get(key)
+        if hit is not None:
+            return _reply_from_cache(hit), True
+
+        async def call_and_store() -> ModelReply:
+            reply = await self._model.complete(model, messages, request)
+            await self._cache.put(key, _reply_to_cache(reply))
+            return reply
+
+        reply, shared = await self._coalescer.run(key, call_and_store)
+        return reply, shared
+
+    def _failure(
+        self,
+        record: InRecord,
+        job: PromptJob | None,
+        code: ErrorCode,
+        message: str,
+        attempts: int = 0,
+        retriable: bool = False,
+    ) -> Outcome:
+        raw = record.value or b""
+        job_id = job.job_id if job else _job_id_of(record)
+        batch_id = job.batch_id if job else record.header(Header.BATCH_ID)
+        failure = Failure(
+            job_id=job_id,
+            batch_id=batch_id,
+            tenant=job.tenant if job else record.header(Header.TENANT),
+            custom_id=job.custom_id if job else None,
+            code=code,
+            message=message,
+            retriable=retriable,
+            attempts=attempts,
+            template=job.template if job else None,
+            template_version=job.template_version if job else None,
+            payload=raw.decode("utf-8", "replace"),
+            source=record.position,
+            metadata=job.metadata if job else {},
+        )
+        log.info("job %s failed: %s: %s", job_id, code.value, message)
+        return Outcome(
+            self._failures,
+            encode(failure),
+            key=job_id.encode(),
+            headers=_headers(batch_id, job_id, failure.tenant),
+            dead_letter=True,
+        )
+
+
+def _deterministic(params: ModelParams) -> bool:
+    return params.temperature == 0 or params.seed is not None
+
+
+def _job_id_of(record: InRecord) -> str:
+    from_header = record.header(Header.JOB_ID)
+    if from_header:
+        return from_header
+    if record.key:
+        return record.key.decode("utf-8", "replace")
+    return f"{record.topic}:{record.partition}:{record.offset}"
+
+
+def _headers(batch_id: str | None, job_id: str, tenant: str | None) -> list[tuple[str, bytes]]:
+    headers = [(Header.JOB_ID.value, job_id.encode())]
+    if batch_id:
+        headers.append((Header.BATCH_ID.value, batch_id.encode()))
+    if tenant:
+        headers.append((Header.TENANT.value, tenant.encode()))
+    return headers
+
+
+def _reply_to_cache(reply: ModelReply) -> bytes:
+    return orjson.dumps(
+        {
+            "text": reply.text,
+            "finish_reason": reply.finish_reason,
+            "model": reply.model,
+            "response_id": reply.response_id,
+            "usage": reply.usage.model_dump(),
+        }
+    )
+
+
+def _reply_from_cache(data: bytes) -> ModelReply:
+    raw = orjson.loads(data)
+    return ModelReply(
+        text=raw["text"],
+        finish_reason=raw["finish_reason"],
+        usage=Usage(**raw["usage"]),
+        model=raw["model"],
+        response_id=raw["response_id"],
+        attempts=0,
+        latency_ms=0.0,
+    )

@@ -1,0 +1,46 @@
+"""Retry timing: exponential backoff with full jitter, and the provider's Retry-After."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from time import time
+
+
+@dataclass
+class Backoff:
+    """Delay before attempt ``n + 1``: uniform in [0, min(cap, base * 2**(n-1))]."""
+
+    base: float = 0.5
+    cap: float = 30.0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        ceiling = min(self.cap, self.base * 2 ** max(0, attempt - 1))
+        jittered = self.rng.uniform(0, ceiling)
+        if retry_after is not None:
+            # honour the provider, plus a little jitter so a fleet does not return in step
+            return min(max(retry_after, 0.0) + self.rng.uniform(0, 0.1 * ceiling), 120.0)
+        return jittered
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """Seconds the provider asks us to wait (``retry-after-ms``, ``retry-after``), if any."""
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return float(value) / 1000.0
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time())
+        except (TypeError, ValueError):
+            return None
