@@ -1,0 +1,208 @@
+"""The Python API: submit a batch, follow it, collect its results.
+
+    async with Client(conn, catalog) as client:
+        manifest = await client.submit(Path("jobs.jsonl"))
+        async for record in client.follow(manifest.batch_id):
+            ...
+
+``submit`` publishes with an idempotent producer (``acks=all``), resolves template
+labels to versions once per batch, turns invalid lines into failure records so the
+batch's totals add up, and ends with the batch manifest.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from processors.templates import TemplateRegistry, UnknownTemplate
+from processors.templates.store import TemplateStore
+from producers.reader import InputFormat, LineError, read_jobs
+from producers.results import BatchReport, ResultFollower
+from schemas import BatchManifest, Completion, Failure, Header, PromptJob, SourcePosition, encode
+from topics import KafkaConnection, TopicCatalog, TopicKind
+
+__all__ = ["BatchReport", "Client", "SubmitReport"]
+PENDING_LIMIT = 5000
+Progress = Callable[[int], None]
+
+
+@dataclass
+class SubmitReport:
+    manifest: BatchManifest
+    errors: list[LineError] = field(default_factory=list)
+
+
+def new_batch_id() -> str:
+    return f"b-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+class Client:
+    """A producer-side session against one cluster and topic catalog."""
+
+    def __init__(self, conn: KafkaConnection, catalog: TopicCatalog) -> None:
+        self._conn = conn
+        self._catalog = catalog
+        self._producer: Any = None
+
+    async def __aenter__(self) -> Client:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if self._producer is None:
+            self._producer = AIOKafkaProducer(
+                **self._conn.client_options(), acks="all", enable_idempotence=True, linger_ms=10
+            )
+            await self._producer.start()
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def submit(
+        self,
+        path: Path,
+        *,
+        batch_id: str | None = None,
+        tenant: str = "default",
+        template: str | None = None,
+        fmt: InputFormat = InputFormat.AUTO,
+        on_progress: Progress | None = None,
+    ) -> SubmitReport:
+        """Submit every line of ``path`` as one batch."""
+        batch_id = batch_id or new_batch_id()
+        items = read_jobs(path, batch_id=batch_id, tenant=tenant, fmt=fmt, template=template)
+        return await self.submit_items(
+            items, batch_id=batch_id, tenant=tenant, source=str(path), on_progress=on_progress
+        )
+
+    async def submit_items(
+        self,
+        items: Iterable[PromptJob | LineError],
+        *,
+        batch_id: str,
+        tenant: str = "default",
+        source: str | None = None,
+        on_progress: Progress | None = None,
+    ) -> SubmitReport:
+        """Submit already-parsed jobs (and line errors) as batch ``batch_id``."""
+        if self._producer is None:
+            raise RuntimeError("Client.submit called before start()")
+        started = datetime.now(UTC)
+        topic = self._catalog.name(TopicKind.TEMPLATES)
+        async with TemplateRegistry(self._conn, topic, follow=False) as registry:
+            store = registry.store
+        report = SubmitReport(
+            BatchManifest(
+                batch_id=batch_id,
+                tenant=tenant,
+                source=source,
+                total=0,
+                submitted=0,
+                invalid=0,
+                started_at=started,
+                submitted_at=started,
+            )
+        )
+        pending: list[Any] = []
+        manifest = report.manifest
+        for item in items:
+            if isinstance(item, LineError):
+                manifest.invalid += 1
+                report.errors.append(item)
+                pending.append(await self._send_line_error(item, batch_id, tenant, source))
+            else:
+                _pin_template(item, store, manifest.templates)
+                pending.append(
+                    await self._send(
+                        TopicKind.JOBS, item.job_id, encode(item), batch_id, item.tenant
+                    )
+                )
+                manifest.submitted += 1
+            manifest.total += 1
+            if len(pending) >= PENDING_LIMIT:
+                await _acked(pending)
+            if on_progress is not None:
+                on_progress(manifest.total)
+        await _acked(pending)
+        manifest.submitted_at = datetime.now(UTC)
+        await _acked(
+            [await self._send(TopicKind.BATCHES, batch_id, encode(manifest), batch_id, tenant)]
+        )
+        return report
+
+    def follow(self, batch_id: str) -> ResultFollower:
+        """A follower for the batch's terminal records (see :class:`ResultFollower`)."""
+        return ResultFollower(self._conn, self._catalog, batch_id)
+
+    async def results(
+        self, batch_id: str, *, follow: bool = False
+    ) -> AsyncIterator[Completion | Failure]:
+        """Every terminal record of the batch, once each."""
+        async for record in self.follow(batch_id).records(follow=follow):
+            yield record
+
+    async def _send(
+        self, kind: TopicKind, key: str, value: bytes, batch_id: str, tenant: str
+    ) -> Any:
+        headers = [
+            (Header.BATCH_ID.value, batch_id.encode()),
+            (Header.JOB_ID.value, key.encode()),
+            (Header.TENANT.value, tenant.encode()),
+        ]
+        return await self._producer.send(
+            self._catalog.name(kind), value, key=key.encode(), headers=headers
+        )
+
+    async def _send_line_error(
+        self, error: LineError, batch_id: str, tenant: str, source: str | None
+    ) -> Any:
+        job_id = f"{batch_id}:{error.line}"
+        failure = Failure(
+            job_id=job_id,
+            batch_id=batch_id,
+            tenant=tenant,
+            code=error.code,
+            message=f"line {error.line}: {error.message}",
+            payload=error.raw,
+            source=SourcePosition(file=source, line=error.line),
+        )
+        return await self._send(TopicKind.FAILURES, job_id, encode(failure), batch_id, tenant)
+
+
+def _pin_template(job: PromptJob, store: TemplateStore, used: dict[str, int]) -> None:
+    """Resolve a label to a version once per batch, so a label moved mid-batch never mixes."""
+    ref = job.template_ref()
+    if ref is None or job.template_version is not None:
+        return
+    try:
+        job.template_version = store.resolve(ref).version
+    except UnknownTemplate:
+        return  # the worker dead-letters it with the reason
+    used[str(TemplateRefKey(ref.name, ref.label))] = job.template_version
+
+
+@dataclass(frozen=True)
+class TemplateRefKey:
+    name: str
+    label: str | None
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.label}"
+
+
+async def _acked(pending: list[Any]) -> None:
+    for future in pending:
+        await future
+    pending.clear()

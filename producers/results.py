@@ -1,0 +1,168 @@
+"""Following a batch: its manifest, and every terminal record of it exactly once.
+
+Terminal records of all batches share the completions and failures topics. A follower
+reads both from a little before the batch started (``offsets_for_times``), filters on
+the batch header without decoding other batches' values, and keeps the first terminal
+record per job id, so redelivered duplicates are dropped. It knows the batch is done
+when it has seen as many distinct jobs as the manifest's total.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import ValidationError
+
+from schemas import BatchManifest, Completion, Failure, Header, decode
+from topics import KafkaConnection, TopicCatalog, TopicKind
+
+LOOKBACK = timedelta(minutes=5)
+
+
+@dataclass
+class BatchReport:
+    """What is known of a batch's terminal records so far."""
+
+    batch_id: str
+    total: int | None = None
+    completed: int = 0
+    cached: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def terminal(self) -> int:
+        return self.completed + sum(self.failed.values())
+
+    @property
+    def done(self) -> bool:
+        return self.total is not None and self.terminal >= self.total
+
+    def add(self, record: Completion | Failure) -> None:
+        if isinstance(record, Completion):
+            self.completed += 1
+            self.cached += record.cached
+            self.prompt_tokens += record.usage.prompt_tokens
+            self.completion_tokens += record.usage.completion_tokens
+            self.cost_usd += record.cost_usd
+        else:
+            self.failed[record.code.value] += 1
+
+
+async def find_manifest(
+    conn: KafkaConnection, catalog: TopicCatalog, batch_id: str
+) -> BatchManifest | None:
+    """The latest manifest of ``batch_id`` on the batches topic, if any."""
+    consumer = AIOKafkaConsumer(**conn.client_options(), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        topic = catalog.name(TopicKind.BATCHES)
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        if not tps:
+            return None
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        found: BatchManifest | None = None
+        key = batch_id.encode()
+        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    if record.key == key and record.value:
+                        found = decode(record.value, BatchManifest)
+        return found
+    finally:
+        await consumer.stop()
+
+
+class ResultFollower:
+    """Streams a batch's terminal records, each job once."""
+
+    def __init__(self, conn: KafkaConnection, catalog: TopicCatalog, batch_id: str) -> None:
+        self._conn = conn
+        self._catalog = catalog
+        self.report = BatchReport(batch_id)
+        self._seen: set[str] = set()
+
+    async def records(
+        self, *, follow: bool, manifest: BatchManifest | None = None, poll_manifest: float = 1.0
+    ) -> AsyncIterator[Completion | Failure]:
+        """Yield new terminal records; with ``follow`` until every job is terminal."""
+        manifest = manifest or await find_manifest(self._conn, self._catalog, self.report.batch_id)
+        if manifest is not None:
+            self.report.total = manifest.total
+        consumer = AIOKafkaConsumer(**self._conn.client_options(), enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tps = await self._seek(consumer, manifest)
+            ends = await consumer.end_offsets(tps)
+            last_manifest_check = time.monotonic()
+            batch = self.report.batch_id.encode()
+            while True:
+                fetched = await consumer.getmany(timeout_ms=200, max_records=5000)
+                for records in fetched.values():
+                    for record in records:
+                        parsed = _terminal(record, batch)
+                        if parsed is not None and parsed.job_id not in self._seen:
+                            self._seen.add(parsed.job_id)
+                            self.report.add(parsed)
+                            yield parsed
+                if self.report.done:
+                    return
+                if not follow:
+                    if not any([await consumer.position(tp) < ends[tp] for tp in tps]):
+                        return
+                elif (
+                    self.report.total is None
+                    and time.monotonic() - last_manifest_check > poll_manifest
+                ):
+                    last_manifest_check = time.monotonic()
+                    found = await find_manifest(self._conn, self._catalog, self.report.batch_id)
+                    self.report.total = found.total if found else None
+        finally:
+            await consumer.stop()
+
+    async def _seek(self, consumer: Any, manifest: BatchManifest | None) -> list[TopicPartition]:
+        tps = []
+        for kind in (TopicKind.COMPLETIONS, TopicKind.FAILURES):
+            topic = self._catalog.name(kind)
+            for _ in range(50):
+                partitions = consumer.partitions_for_topic(topic)
+                if partitions:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise RuntimeError(f"topic {topic} does not exist; run `promptmill topics apply`")
+            tps += [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        if manifest is None:
+            await consumer.seek_to_beginning(*tps)
+            return tps
+        since = int((manifest.started_at - LOOKBACK).timestamp() * 1000)
+        offsets = await consumer.offsets_for_times({tp: since for tp in tps})
+        ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            found = offsets.get(tp)
+            consumer.seek(tp, found.offset if found is not None else ends[tp])
+        return tps
+
+
+def _terminal(record: Any, batch: bytes) -> Completion | Failure | None:
+    headers = dict(record.headers or ())
+    if headers.get(Header.BATCH_ID.value) != batch or not record.value:
+        return None
+    try:
+        if record.topic.endswith(TopicKind.COMPLETIONS.value):
+            return decode(record.value, Completion)
+        return decode(record.value, Failure)
+    except ValidationError:
+        return None

@@ -1,0 +1,1 @@
+"""promptmill: Kafka-native prompts-as-a-service."""

@@ -1,0 +1,1 @@
+"""Developer tooling: the local stack and the OpenAI-compatible model simulator."""

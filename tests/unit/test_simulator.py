@@ -1,0 +1,268 @@
+"""The model simulator, driven through the official ``openai`` SDK over loopback."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from aiohttp import web
+
+from promptmill.dev.sim_limits import FaultDraws, RateLimiter, TokenBucket, format_duration
+from promptmill.dev.simulator import SimConfig, build_app
+
+pytestmark = pytest.mark.timeout(10)
+
+MODEL = "any-model-name"
+RATE_HEADERS = (
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-reset-tokens",
+)
+
+
+@dataclass
+class Sim:
+    """A running simulator: an SDK client and a plain HTTP session for /sim endpoints."""
+
+    url: str
+    client: openai.AsyncOpenAI
+    http: aiohttp.ClientSession
+
+    async def admin(self, path: str, payload: dict[str, Any] | None = None) -> Any:
+        if payload is None and path == "stats":
+            async with self.http.get(f"{self.url}/sim/stats") as resp:
+                return await resp.json()
+        async with self.http.post(f"{self.url}/sim/{path}", json=payload or {}) as resp:
+            assert resp.status == 200, await resp.text()
+            return await resp.json()
+
+    async def chat(self, content: str, **kwargs: Any) -> Any:
+        messages: Any = [{"role": "user", "content": content}]
+        return await self.client.chat.completions.create(model=MODEL, messages=messages, **kwargs)
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Sim]:
+    app = build_app(SimConfig(latency_ms=0, jitter_ms=0))
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        async with (
+            openai.AsyncOpenAI(
+                base_url=f"{url}/v1",
+                api_key="sim",
+                max_retries=0,
+                http_client=openai.DefaultAioHttpClient(),
+            ) as client,
+            aiohttp.ClientSession() as http,
+        ):
+            yield Sim(url, client, http)
+    finally:
+        await runner.cleanup()
+
+
+async def test_chat_completion_is_deterministic(sim: Sim) -> None:
+    prompt = "Write a haiku about Kafka."
+    first = await sim.chat(prompt, max_tokens=100)
+    second = await sim.chat(prompt, max_tokens=100)
+    other = await sim.chat(prompt + "!", max_tokens=100)
+
+    assert first.object == "chat.completion"
+    assert first.model == MODEL
+    message = first.choices[0].message
+    assert message.role == "assistant"
+    assert message.content == second.choices[0].message.content
+    assert message.content != other.choices[0].message.content
+    assert first.choices[0].finish_reason == "stop"
+    assert first.usage is not None and first.usage == second.usage
+    assert first.usage.prompt_tokens == math.ceil(len(prompt) / 4)
+    assert 8 <= first.usage.completion_tokens < 48
+    assert first.usage.completion_tokens == len((message.content or "").split())
+    assert first.usage.total_tokens == first.usage.prompt_tokens + first.usage.completion_tokens
+
+
+async def test_max_tokens_cap_gives_length(sim: Sim) -> None:
+    capped = await sim.chat("hello", max_tokens=3)
+    assert capped.choices[0].finish_reason == "length"
+    assert capped.usage is not None and capped.usage.completion_tokens == 3
+    newer = await sim.chat("hello", max_completion_tokens=3)
+    assert newer.choices[0].message.content == capped.choices[0].message.content
+
+
+async def test_legacy_completions_and_models(sim: Sim) -> None:
+    done = await sim.client.completions.create(model=MODEL, prompt="Once upon", max_tokens=5)
+    assert done.object == "text_completion"
+    assert done.choices[0].finish_reason == "length"
+    assert len(done.choices[0].text.split()) == 5
+    models = await sim.client.models.list()
+    assert [m.id for m in models.data] == ["promptmill-sim"]
+
+
+async def test_markers_map_to_sdk_errors(sim: Sim) -> None:
+    with pytest.raises(openai.InternalServerError) as server:
+        await sim.chat("boom [[sim:error=503]]")
+    assert server.value.status_code == 503
+    assert server.value.type == "server_error"
+    with pytest.raises(openai.BadRequestError) as too_long:
+        await sim.chat("[[sim:context_length]] long")
+    assert too_long.value.code == "context_length_exceeded"
+    assert too_long.value.type == "invalid_request_error"
+    with pytest.raises(openai.NotFoundError):
+        await sim.chat("[[sim:error=404]]")
+
+    filtered = await sim.chat("[[sim:content_filter]]")
+    assert filtered.choices[0].finish_reason == "content_filter"
+    assert filtered.choices[0].message.content == ""
+
+    started = time.monotonic()
+    await sim.chat("slow [[sim:sleep=150]]")
+    assert time.monotonic() - started >= 0.15
+
+    payload = {"model": MODEL, "messages": [{"role": "user", "content": "[[sim:malformed]]"}]}
+    async with sim.http.post(f"{sim.url}/v1/chat/completions", json=payload) as resp:
+        assert resp.status == 200
+        with pytest.raises(ValueError):
+            await resp.json()
+    stats = await sim.admin("stats")
+    assert stats["errors"] == 3
+    assert stats["malformed"] == 1
+    assert stats["chat_completions"] == 2
+
+
+async def test_rpm_limit_gives_429_with_headers(sim: Sim) -> None:
+    await sim.admin("config", {"rpm_limit": 3, "tpm_limit": 100_000})
+    ok = await sim.client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert ok.headers["x-ratelimit-remaining-requests"] == "2"
+    assert all(name in ok.headers for name in (*RATE_HEADERS, "x-request-id"))
+    await sim.chat("hi")
+    await sim.chat("hi")
+    with pytest.raises(openai.RateLimitError) as limited:
+        await sim.chat("hi")
+
+    error = limited.value
+    assert error.code == "rate_limit_exceeded"
+    assert error.type == "requests"
+    assert "Rate limit reached for requests" in error.message
+    headers = error.response.headers
+    assert all(name in headers for name in RATE_HEADERS)
+    assert int(headers["retry-after"]) >= 1
+    assert int(headers["retry-after-ms"]) > 0
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-ratelimit-limit-requests"] == "3"
+    assert (await sim.admin("stats"))["rate_limited"] == 1
+
+
+async def test_tpm_limit_rejects_without_charging(sim: Sim) -> None:
+    await sim.admin("config", {"tpm_limit": 100})
+    with pytest.raises(openai.RateLimitError) as limited:
+        await sim.chat("hi", max_tokens=200)
+    assert limited.value.type == "tokens"
+    assert "Request too large" in limited.value.message
+    await sim.chat("hi", max_tokens=90)  # the bucket is still full: nothing was charged
+    with pytest.raises(openai.RateLimitError) as again:
+        await sim.chat("hi", max_tokens=90)
+    assert "Rate limit reached for tokens" in again.value.message
+    assert int(again.value.response.headers["x-ratelimit-remaining-tokens"]) < 91
+
+
+async def test_moderation(sim: Sim) -> None:
+    flagged = await sim.client.moderations.create(input="I will kill the process")
+    assert flagged.results[0].flagged
+    assert flagged.results[0].categories.violence
+    many = await sim.client.moderations.create(
+        input=["a fine skill", "pure hateful talk", "calm [[sim:flag]]"]
+    )
+    assert [r.flagged for r in many.results] == [False, True, True]
+    assert many.results[1].categories.hate
+    assert many.results[0].category_scores.violence < 0.01
+    assert (await sim.admin("stats"))["moderations"] == 2
+
+
+async def test_stats_and_reset(sim: Sim) -> None:
+    await sim.chat("count me")
+    await sim.client.completions.create(model=MODEL, prompt="me too")
+    stats = await sim.admin("stats")
+    assert stats == {
+        "requests": 2,
+        "chat_completions": 1,
+        "completions": 1,
+        "moderations": 0,
+        "rate_limited": 0,
+        "errors": 0,
+        "timeouts": 0,
+        "malformed": 0,
+    }
+    await sim.admin("reset")
+    assert (await sim.admin("stats"))["requests"] == 0
+
+
+async def test_config_changes_behaviour_live(sim: Sim) -> None:
+    config = await sim.admin("config", {"error_rate": 1.0})
+    assert config["error_rate"] == 1.0 and config["latency_ms"] == 0
+    with pytest.raises(openai.InternalServerError):
+        await sim.chat("hi")
+    await sim.admin("config", {"error_rate": 0.0, "timeout_rate": 1.0, "hang_seconds": 0.3})
+    with pytest.raises(openai.APITimeoutError):
+        await sim.chat("hi", timeout=0.05)
+    await sim.admin("config", {"timeout_rate": 0.0})
+    await sim.chat("hi")
+    stats = await sim.admin("stats")
+    assert (stats["errors"], stats["timeouts"], stats["chat_completions"]) == (1, 1, 1)
+    for bad in ({"error_rate": 2}, {"no_such_field": 1}):
+        async with sim.http.post(f"{sim.url}/sim/config", json=bad) as resp:
+            assert resp.status == 400
+
+
+async def test_bad_requests_are_openai_errors(sim: Sim) -> None:
+    url = f"{sim.url}/v1/chat/completions"
+    async with sim.http.post(url, data=b"{not json") as resp:
+        assert resp.status == 400
+        assert resp.headers["x-request-id"].startswith("req_")
+        assert (await resp.json())["error"]["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError) as streaming:
+        await sim.chat("hi", stream=True)
+    assert streaming.value.param == "stream"
+
+
+def test_format_duration_matches_openai() -> None:
+    assert format_duration(1.0) == "1s"
+    assert format_duration(0.12) == "120ms"
+    assert format_duration(360.0) == "6m0s"
+    assert format_duration(67.2) == "1m7.2s"
+    assert format_duration(0.0) == "0s"
+
+
+def test_bucket_refills_continuously() -> None:
+    now = [0.0]
+    bucket = TokenBucket(60, clock=lambda: now[0])
+    bucket.take(60)
+    assert bucket.wait_for(1) == pytest.approx(1.0)
+    now[0] = 0.5
+    assert bucket.remaining == 0
+    now[0] = 30.0
+    assert bucket.remaining == 30
+    assert bucket.until_full() == pytest.approx(30.0)
+    limiter = RateLimiter(rpm=0, tpm=0)
+    assert limiter.admit(10**9).admitted and limiter.headers() == {}
+
+
+def test_fault_draws_follow_the_seed() -> None:
+    def run(seed: int) -> list[str | None]:
+        draws = FaultDraws(seed)
+        return [draws.fault(0.3, 0.3, 0.3) for _ in range(50)]
+
+    assert run(7) == run(7)
+    assert set(run(7)) == {"error", "timeout", "malformed", None}
