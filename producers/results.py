@@ -9,7 +9,6 @@ when it has seen as many distinct jobs as the manifest's total.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from pydantic import ValidationError
 
 from schemas import BatchManifest, Completion, Failure, Header, decode
 from topics import KafkaConnection, TopicCatalog, TopicKind
+from topics.partitions import topic_partitions
 
 LOOKBACK = timedelta(minutes=5)
 
@@ -65,10 +65,7 @@ async def find_manifest(
     consumer = AIOKafkaConsumer(**conn.client_options(), enable_auto_commit=False)
     await consumer.start()
     try:
-        topic = catalog.name(TopicKind.BATCHES)
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        if not tps:
-            return None
+        tps = await topic_partitions(consumer, catalog.name(TopicKind.BATCHES))
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
@@ -134,15 +131,7 @@ class ResultFollower:
     async def _seek(self, consumer: Any, manifest: BatchManifest | None) -> list[TopicPartition]:
         tps = []
         for kind in (TopicKind.COMPLETIONS, TopicKind.FAILURES):
-            topic = self._catalog.name(kind)
-            for _ in range(50):
-                partitions = consumer.partitions_for_topic(topic)
-                if partitions:
-                    break
-                await asyncio.sleep(0.1)
-            else:
-                raise RuntimeError(f"topic {topic} does not exist; run `promptmill topics apply`")
-            tps += [TopicPartition(topic, p) for p in sorted(partitions)]
+            tps += await topic_partitions(consumer, self._catalog.name(kind))
         consumer.assign(tps)
         if manifest is None:
             await consumer.seek_to_beginning(*tps)

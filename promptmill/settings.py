@@ -68,6 +68,10 @@ class Settings(BaseSettings):
         default=None, validation_alias=_alias("OPENAI_API_KEY")
     )
     default_model: str | None = None
+    model_backend: Literal["auto", "sim", "real"] = Field(
+        default="auto",
+        description="which local-stack model to use when OPENAI_BASE_URL is unset",
+    )
     model_timeout_seconds: float = Field(default=60.0, gt=0)
     model_max_attempts: int = Field(default=6, ge=1, le=50)
     model_backoff_base_seconds: float = Field(default=0.5, gt=0)

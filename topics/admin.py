@@ -57,6 +57,7 @@ async def describe_topics(conn: KafkaConnection, catalog: TopicCatalog) -> list[
     consumer = AIOKafkaConsumer(**conn.client_options(), enable_auto_commit=False)
     await admin.start()
     await consumer.start()
+    await consumer.topics()
     try:
         names = [s.name for s in catalog.specs()]
         partitions = await _describe_partitions(admin, names)

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from processors.templates.store import TemplateStore
 from topics import KafkaConnection
+from topics.partitions import topic_partitions
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +48,12 @@ class TemplateRegistry:
             **self._conn.client_options(), enable_auto_commit=False, group_id=None
         )
         await self._consumer.start()
-        partitions = self._consumer.partitions_for_topic(self._topic)
-        if partitions is None:
+        try:
+            tps = await topic_partitions(self._consumer, self._topic)
+        except BaseException:
             await self._consumer.stop()
             self._consumer = None
-            raise RuntimeError(
-                f"topic {self._topic} does not exist; run `promptmill topics apply` first"
-            )
-        tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+            raise
         self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)
         ends = await self._consumer.end_offsets(tps)

@@ -1,0 +1,5 @@
+"""``python -m promptmill`` runs the command line."""
+
+from promptmill.cli import main
+
+main()

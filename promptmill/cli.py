@@ -1,0 +1,109 @@
+"""The ``promptmill`` command line: parses arguments and dispatches to the commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from promptmill.commands import admin, batch, dev, worker
+from promptmill.dev.processes import StackError
+from promptmill.settings import load_settings
+from schemas import PromptmillError
+
+Command = Callable[..., Any]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="promptmill", description="Kafka-native prompts as a service."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func: Command, help_: str, parent: Any = sub) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = parent.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    devp = sub.add_parser("dev", help="the local stack (Kafka, Redis, model)")
+    devsub = devp.add_subparsers(dest="dev_command", required=True, metavar="ACTION")
+    p = command("up", dev.dev_up, "start Kafka, Redis and the model simulator", devsub)
+    p.add_argument("--real-model", action="store_true", help="also serve SmolLM2-135M")
+    p.add_argument("--no-sim", action="store_true", help="do not start the simulator")
+    command("down", dev.dev_down, "stop the local stack and delete its data", devsub)
+    command("status", dev.dev_status, "show what runs where", devsub)
+    p = command("model-sim", dev.model_sim, "run the OpenAI-compatible simulator", devsub)
+    p.add_argument("sim_args", nargs=argparse.REMAINDER, help="simulator flags (see --help)")
+    p.add_help = False
+
+    tp = sub.add_parser("topics", help="create and inspect the topics")
+    tsub = tp.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
+    command("apply", admin.topics_apply, "create or alter the catalog's topics", tsub)
+    command("describe", admin.topics_describe, "show the topics as the broker has them", tsub)
+
+    tm = sub.add_parser("templates", help="versioned prompt templates")
+    tmsub = tm.add_subparsers(dest="templates_command", required=True, metavar="ACTION")
+    p = command("push", admin.templates_push, "publish changed templates from DIR", tmsub)
+    p.add_argument("directory", type=Path)
+    p.add_argument("--label", help="point this label (e.g. production) at what was pushed")
+    command("list", admin.templates_list, "list templates, versions and labels", tmsub)
+    p = command("show", admin.templates_show, "show NAME, NAME@VERSION or NAME@LABEL", tmsub)
+    p.add_argument("ref")
+    p = command("label", admin.templates_label, "point NAME@LABEL at VERSION (rollback)", tmsub)
+    p.add_argument("name")
+    p.add_argument("label")
+    p.add_argument("version", type=int)
+
+    p = command("submit", batch.submit, "submit a JSONL file as one batch")
+    batch.add_submit_options(p)
+    p = command("results", batch.results, "write every terminal record of a batch once")
+    p.add_argument("batch")
+    p.add_argument("--follow", action="store_true", help="wait until every job is terminal")
+    batch.add_output_options(p)
+    p = command("run", batch.run, "submit a file and follow it until every job is terminal")
+    batch.add_submit_options(p)
+    batch.add_output_options(p)
+    p = command("worker", worker.worker, "run the prompt processor")
+    p.add_argument("--processor", choices=["prompts"], default="prompts")
+    p.add_argument("--concurrency", type=int, help="jobs in flight (default: setting)")
+
+    from promptmill import demo  # late: the demo imports the commands above
+
+    p = command("demo", demo.demo, "run the end-to-end demo on a fresh local stack")
+    p.add_argument("--jobs", type=Path, default=None, help="input file (default: examples)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        logging.basicConfig(
+            level=settings.log_level,
+            format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        for noisy in ("aiokafka", "httpx", "httpx2", "openai"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        result = args.func(settings, args)
+        if inspect.iscoroutine(result):
+            asyncio.run(result)
+    except (PromptmillError, StackError) as exc:
+        sys.exit(f"promptmill: {exc}")
+    except KafkaConnectionError as exc:
+        sys.exit(f"promptmill: cannot reach Kafka: {exc}")
+    except KafkaError as exc:
+        sys.exit(f"promptmill: Kafka error: {exc}")
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Command implementations behind :mod:`promptmill.cli` (thin: logic lives in the packages)."""

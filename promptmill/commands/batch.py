@@ -1,0 +1,115 @@
+"""``submit``, ``results`` and ``run``: the batch commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import BinaryIO
+
+from producers import BatchReport, Client, InputFormat
+from producers.client import SubmitReport, new_batch_id
+from producers.output import OutputFormat, format_record
+from promptmill import app
+from promptmill.progress import ProgressLine
+from promptmill.settings import Settings
+from schemas import BatchManifest
+
+MAX_ERRORS_SHOWN = 20
+
+
+def add_submit_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=Path, help="JSONL input (promptmill or OpenAI Batch format)")
+    parser.add_argument("--batch-id", help="batch id (default: generated)")
+    parser.add_argument("--tenant", default="default", help="tenant the jobs are billed to")
+    parser.add_argument("--template", help="template REF for lines that name none")
+    parser.add_argument(
+        "--format", dest="input_format", choices=[f.value for f in InputFormat], default="auto"
+    )
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", type=Path, help="write results here (default: stdout)")
+    parser.add_argument(
+        "--output-format",
+        "--result-format",
+        dest="output_format",
+        choices=[f.value for f in OutputFormat],
+        default="promptmill",
+    )
+
+
+async def submit(settings: Settings, args: argparse.Namespace) -> SubmitReport:
+    if not args.file.is_file():
+        raise SystemExit(f"promptmill: {args.file}: no such file")
+    progress = ProgressLine("submitting")
+    async with Client(app.kafka_connection(settings), app.catalog(settings)) as client:
+        report = await client.submit(
+            args.file,
+            batch_id=args.batch_id or new_batch_id(),
+            tenant=args.tenant,
+            template=args.template,
+            fmt=InputFormat(args.input_format),
+            on_progress=progress.update,
+        )
+    progress.finish()
+    for error in report.errors[:MAX_ERRORS_SHOWN]:
+        print(f"{args.file}:{error.line}: {error.code.value}: {error.message}", file=sys.stderr)
+    if len(report.errors) > MAX_ERRORS_SHOWN:
+        print(
+            f"... and {len(report.errors) - MAX_ERRORS_SHOWN} more invalid lines", file=sys.stderr
+        )
+    m = report.manifest
+    print(
+        f"batch {m.batch_id}: {m.total} lines, {m.submitted} jobs submitted, "
+        f"{m.invalid} invalid (recorded as failures)"
+    )
+    return report
+
+
+async def results(
+    settings: Settings, args: argparse.Namespace, manifest: BatchManifest | None = None
+) -> BatchReport:
+    """Write every terminal record of the batch once; with --follow until all are terminal."""
+    batch_id = manifest.batch_id if manifest else args.batch
+    fmt = OutputFormat(args.output_format)
+    async with Client(app.kafka_connection(settings), app.catalog(settings)) as client:
+        follower = client.follow(batch_id)
+        progress = ProgressLine(f"batch {batch_id}", manifest.total if manifest else None)
+        with ExitStack() as stack:
+            out: BinaryIO = (
+                stack.enter_context(args.output.open("wb")) if args.output else sys.stdout.buffer
+            )
+            async for record in follower.records(follow=args.follow, manifest=manifest):
+                out.write(format_record(record, fmt) + b"\n")
+                report = follower.report
+                progress.extra = f"failed {sum(report.failed.values())}"
+                progress.update(report.terminal, report.total)
+        progress.finish()
+    return follower.report
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> BatchReport:
+    started = time.monotonic()
+    submitted = await submit(settings, args)
+    args.follow = True
+    report = await results(settings, args, submitted.manifest)
+    print(summary(report, time.monotonic() - started))
+    return report
+
+
+def summary(report: BatchReport, wall_seconds: float) -> str:
+    failed = ", ".join(f"{code} {n}" for code, n in sorted(report.failed.items())) or "none"
+    return "\n".join(
+        [
+            f"batch {report.batch_id}",
+            f"  jobs        {report.total}",
+            f"  completed   {report.completed} ({report.cached} from cache)",
+            f"  failed      {sum(report.failed.values())} ({failed})",
+            f"  tokens      {report.prompt_tokens} prompt, {report.completion_tokens} completion",
+            f"  wall time   {wall_seconds:.1f} s",
+            f"  throughput  {(report.total or 0) / max(wall_seconds, 1e-6):.1f} jobs/s",
+        ]
+    )

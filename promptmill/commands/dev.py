@@ -1,0 +1,38 @@
+"""``dev up | down | status | model-sim``: the local stack."""
+
+from __future__ import annotations
+
+import argparse
+
+from promptmill.dev import simulator
+from promptmill.dev.stack import down, status, up
+from promptmill.settings import Settings
+
+
+def dev_up(settings: Settings, args: argparse.Namespace) -> None:
+    components = {"kafka", "redis"}
+    if not args.no_sim:
+        components.add("model_sim")
+    if args.real_model:
+        components.add("model_real")
+    info = up(settings.state_dir, settings.cache_dir, components)
+    for name, proc in info.components().items():
+        print(f"{name:<11} {proc.address}  (pid {proc.pid}, log {proc.log})")
+    print(f"state in {settings.state_dir}; stop with `promptmill dev down`")
+
+
+def dev_down(settings: Settings, args: argparse.Namespace) -> None:
+    stopped = down(settings.state_dir)
+    print("stopped " + ", ".join(stopped) if stopped else "nothing was running")
+
+
+def dev_status(settings: Settings, args: argparse.Namespace) -> None:
+    rows = status(settings.state_dir)
+    if not rows:
+        print("the local stack is not running (start it with `promptmill dev up`)")
+    for name, address, alive in rows:
+        print(f"{name:<11} {address:<32} {'running' if alive else 'DEAD'}")
+
+
+def model_sim(settings: Settings, args: argparse.Namespace) -> None:
+    simulator.main(args.sim_args)

@@ -1,0 +1,82 @@
+"""``worker``: run a processor on the shared worker runtime until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+
+from redis.asyncio import Redis
+
+from processors.cache import ResponseCache
+from processors.model import ModelClient
+from processors.prompts import PromptConfig, PromptProcessor
+from processors.retry import Backoff
+from processors.runtime import Worker, WorkerConfig
+from processors.templates import TemplateRegistry
+from promptmill import app
+from promptmill.settings import Settings
+from topics import ConsumerGroup, TopicKind
+
+log = logging.getLogger(__name__)
+
+
+async def worker(settings: Settings, args: argparse.Namespace) -> None:
+    conn, catalog = app.kafka_connection(settings), app.catalog(settings)
+    endpoint = app.model_endpoint(settings)
+    redis_url = app.redis_url(settings)
+    if redis_url is None:
+        log.warning("no Redis configured (REDIS_URL): running without the response cache")
+    redis = (
+        Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2) if redis_url else None
+    )
+    model = ModelClient(
+        endpoint.base_url,
+        endpoint.api_key,
+        timeout=settings.model_timeout_seconds,
+        max_attempts=settings.model_max_attempts,
+        backoff=Backoff(settings.model_backoff_base_seconds, settings.model_backoff_max_seconds),
+    )
+    registry = TemplateRegistry(conn, catalog.name(TopicKind.TEMPLATES))
+    processor = PromptProcessor(
+        catalog,
+        registry.store,
+        model,
+        ResponseCache(redis, settings.redis_key_prefix, settings.cache_ttl_seconds),
+        PromptConfig(
+            default_model=endpoint.default_model,
+            max_prompt_tokens=settings.max_prompt_tokens,
+            cache_enabled=settings.cache_enabled,
+        ),
+    )
+    runtime = Worker(
+        conn,
+        processor,
+        WorkerConfig(
+            topics=[catalog.name(TopicKind.JOBS)],
+            group_id=catalog.group(ConsumerGroup.PROMPTS),
+            concurrency=args.concurrency or settings.worker_concurrency,
+            drain_seconds=settings.worker_drain_seconds,
+            commit_interval=settings.worker_commit_interval_seconds,
+            session_timeout_ms=settings.worker_session_timeout_ms,
+            client_id=f"promptmill-{socket.gethostname()}-{os.getpid()}",
+        ),
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runtime.request_stop)
+    log.info(
+        "prompt worker: model %s at %s, concurrency %d",
+        endpoint.default_model,
+        endpoint.base_url,
+        args.concurrency or settings.worker_concurrency,
+    )
+    try:
+        async with registry:
+            await runtime.run()
+    finally:
+        if redis is not None:
+            await redis.aclose()

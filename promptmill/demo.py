@@ -1,0 +1,98 @@
+"""``promptmill demo``: the whole flow, end to end, on a fresh local stack.
+
+Brings up Kafka, Redis and a model (the real SmolLM2-135M by default;
+``PROMPTMILL_DEMO_MODEL=sim`` for the simulator) under their own state folder, creates
+the topics, pushes the example templates with the ``production`` label, starts a worker
+process, runs the example batch (with malformed lines, an unknown template and missing
+variables among its jobs), prints a summary, runs the same batch again to show the cache,
+then stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from producers.templates import load_template_dir, push_templates
+from promptmill import app
+from promptmill.commands import batch
+from promptmill.dev.processes import StackError
+from promptmill.dev.stack import down, up
+from promptmill.settings import Settings
+from topics.admin import apply_topics
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+async def demo(settings: Settings, args: argparse.Namespace) -> None:
+    backend = os.environ.get("PROMPTMILL_DEMO_MODEL", "real")
+    if backend not in ("real", "sim"):
+        raise SystemExit("promptmill: PROMPTMILL_DEMO_MODEL must be 'real' or 'sim'")
+    state = settings.state_dir / "demo"
+    model = "model_real" if backend == "real" else "model_sim"
+    what = "real small model" if backend == "real" else "simulator"
+    print(f"== starting Kafka, Redis and the {what} (state in {state})", flush=True)
+    started = time.monotonic()
+    stack = up(state, settings.cache_dir, {"kafka", "redis", model})
+    worker: asyncio.subprocess.Process | None = None
+    try:
+        endpoint = stack.model_real if stack.model_real is not None else stack.model_sim
+        if stack.kafka is None or stack.redis is None or endpoint is None:
+            raise StackError("the demo stack did not come up completely")
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": stack.kafka.bootstrap,
+            "REDIS_URL": stack.redis.url,
+            "OPENAI_BASE_URL": endpoint.base_url,
+            "OPENAI_API_KEY": "local",
+            "PROMPTMILL_TOPIC_PREFIX": "promptmill-demo",
+            "PROMPTMILL_DEFAULT_MODEL": getattr(endpoint, "model", app.SIM_MODEL),
+        }
+        if backend == "real":  # one llama.cpp server answers one request at a time
+            env |= {"PROMPTMILL_WORKER_CONCURRENCY": "4", "PROMPTMILL_MODEL_TIMEOUT_SECONDS": "300"}
+        os.environ.update(env)
+        local = Settings()
+        print(f"== stack up in {time.monotonic() - started:.1f} s; creating topics", flush=True)
+        conn, catalog = app.kafka_connection(local), app.catalog(local)
+        for line in await apply_topics(conn, catalog):
+            print("  " + line)
+        print("== pushing templates from examples/templates with label production", flush=True)
+        for line in await push_templates(
+            conn, catalog, load_template_dir(EXAMPLES / "templates"), "production"
+        ):
+            print("  " + line)
+        print("== starting a worker: promptmill worker", flush=True)
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "promptmill", "worker", env=os.environ.copy()
+        )
+        jobs = args.jobs or EXAMPLES / "jobs.jsonl"
+        for round_, note in (
+            (1, "first run"),
+            (2, "same batch again: answers come from the cache"),
+        ):
+            print(f"== run {round_} ({note}): promptmill run {jobs}", flush=True)
+            run_args = argparse.Namespace(
+                file=jobs,
+                batch_id=None,
+                tenant="demo",
+                template=None,
+                input_format="auto",
+                output=state / f"results-{round_}.jsonl",
+                output_format="promptmill",
+            )
+            await batch.run(local, run_args)
+            print(f"  results written to {run_args.output}", flush=True)
+    finally:
+        if worker is not None and worker.returncode is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(worker.wait(), 60)
+            except TimeoutError:
+                worker.kill()
+                await worker.wait()
+        print("== stopping the stack: " + ", ".join(down(state)), flush=True)
+    print(f"== demo finished in {time.monotonic() - started:.1f} s")
