@@ -79,26 +79,35 @@ class ResponseCache:
 
 
 class Coalescer(Generic[T]):
-    """Single-flight: concurrent calls with the same key share one execution."""
+    """Single-flight: concurrent calls with the same key share one execution.
 
-    def __init__(self) -> None:
+    A successful result stays shared for ``linger`` seconds after it completes, which
+    closes the gap between a follower's cache miss and the leader's cache store.
+    """
+
+    def __init__(self, linger: float = 5.0) -> None:
         self._inflight: dict[str, asyncio.Future[T]] = {}
+        self._linger = linger
 
     async def run(self, key: str, factory: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """The factory's result, and whether it was shared from another caller's call."""
         existing = self._inflight.get(key)
         if existing is not None:
             return await asyncio.shield(existing), True
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
         self._inflight[key] = future
         try:
             result = await factory()
         except BaseException as exc:
+            del self._inflight[key]
             future.set_exception(exc)
             future.exception()  # mark retrieved: followers re-raise it themselves
             raise
-        else:
-            future.set_result(result)
-            return result, False
-        finally:
+        future.set_result(result)
+        loop.call_later(self._linger, self._forget, key, future)
+        return result, False
+
+    def _forget(self, key: str, future: asyncio.Future[T]) -> None:
+        if self._inflight.get(key) is future:
             del self._inflight[key]

@@ -73,7 +73,7 @@ class PromptProcessor:
         self._renderer = Renderer()
         self._model = model
         self._cache = cache
-        self._coalescer: Coalescer[ModelReply] = Coalescer()
+        self._coalescer: Coalescer[tuple[ModelReply, bool]] = Coalescer()
         self._config = config
 
     async def start(self) -> None:
@@ -151,17 +151,17 @@ class PromptProcessor:
         if not cacheable:
             return await self._model.complete(model, messages, request), False
         key = request_key(model, messages, request)
-        hit = await self._cache.get(key)
-        if hit is not None:
-            return _reply_from_cache(hit), True
 
-        async def call_and_store() -> ModelReply:
+        async def lookup_or_call() -> tuple[ModelReply, bool]:
+            hit = await self._cache.get(key)
+            if hit is not None:
+                return _reply_from_cache(hit), True
             reply = await self._model.complete(model, messages, request)
             await self._cache.put(key, _reply_to_cache(reply))
-            return reply
+            return reply, False
 
-        reply, shared = await self._coalescer.run(key, call_and_store)
-        return reply, shared
+        (reply, from_cache), shared = await self._coalescer.run(key, lookup_or_call)
+        return reply, from_cache or shared
 
     def _failure(
         self,

@@ -1,0 +1,66 @@
+"""Integration fixtures: one real Kafka broker, Redis server and model simulator per session.
+
+``KAFKA_BOOTSTRAP_SERVERS`` + ``REDIS_URL`` + ``OPENAI_BASE_URL`` point the tests at
+existing servers instead (the simulator's admin API must then be reachable there too).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from promptmill.dev.stack import down, up
+from tests.integration.harness import Endpoints, Env, sim_call
+
+CACHE_DIR = Path(os.environ.get("PROMPTMILL_CACHE_DIR", Path.home() / ".cache" / "promptmill"))
+
+
+@pytest.fixture(scope="session")
+def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def endpoints(stack_dir: Path) -> Iterator[Endpoints]:
+    given = [os.environ.get(k) for k in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "OPENAI_BASE_URL")]
+    if all(given):
+        yield Endpoints(*given)  # type: ignore[arg-type]
+        return
+    info = up(stack_dir, CACHE_DIR, {"kafka", "redis", "model_sim"})
+    try:
+        if info.kafka is None or info.redis is None or info.model_sim is None:
+            raise RuntimeError("the test stack did not come up")
+        yield Endpoints(info.kafka.bootstrap, info.redis.url, info.model_sim.base_url)
+    finally:
+        down(stack_dir)
+
+
+@pytest.fixture
+async def env(endpoints: Endpoints, tmp_path: Path) -> AsyncIterator[Env]:
+    """A fresh topic prefix with its topics created, and the simulator reset to defaults."""
+    await sim_call(endpoints.sim_url, "POST", "/sim/reset")
+    await sim_call(
+        endpoints.sim_url,
+        "POST",
+        "/sim/config",
+        {
+            "latency_ms": 5,
+            "jitter_ms": 2,
+            "rpm_limit": 0,
+            "tpm_limit": 0,
+            "error_rate": 0,
+            "timeout_rate": 0,
+            "malformed_rate": 0,
+        },
+    )
+    test_env = Env(endpoints, f"t{uuid.uuid4().hex[:10]}", tmp_path)
+    await test_env.setup_topics()
+    try:
+        yield test_env
+    finally:
+        for worker in test_env.workers:
+            worker.terminate(timeout=15)

@@ -1,0 +1,176 @@
+"""Test harness: a real local stack, per-test topic prefixes, workers as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from producers import Client
+from producers.results import ResultFollower
+from schemas import Completion, Failure
+from topics import KafkaConnection, TopicCatalog
+from topics.admin import apply_topics
+
+ROOT = Path(__file__).resolve().parents[2]
+PARTITIONS = {"jobs": 4, "completions": 2, "failures": 2, "batches": 1}
+
+
+@dataclass
+class Endpoints:
+    bootstrap: str
+    redis_url: str
+    sim_url: str  # http://host:port/v1
+
+
+@dataclass
+class Env:
+    """One test's isolated slice of the stack: its own topic and Redis key prefix."""
+
+    endpoints: Endpoints
+    prefix: str
+    state_dir: Path
+    extra: dict[str, str] = field(default_factory=dict)
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    @property
+    def conn(self) -> KafkaConnection:
+        return KafkaConnection(self.endpoints.bootstrap)
+
+    @property
+    def catalog(self) -> TopicCatalog:
+        return TopicCatalog(self.prefix, partitions=PARTITIONS)
+
+    def environ(self, **overrides: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PROMPTMILL_", "OPENAI_"))}
+        env |= {
+            "KAFKA_BOOTSTRAP_SERVERS": self.endpoints.bootstrap,
+            "REDIS_URL": self.endpoints.redis_url,
+            "OPENAI_BASE_URL": self.endpoints.sim_url,
+            "OPENAI_API_KEY": "sim",
+            "PROMPTMILL_TOPIC_PREFIX": self.prefix,
+            "PROMPTMILL_TOPIC_PARTITIONS": orjson.dumps(PARTITIONS).decode(),
+            "PROMPTMILL_REDIS_KEY_PREFIX": self.prefix,
+            "PROMPTMILL_DEFAULT_MODEL": "promptmill-sim",
+            "PROMPTMILL_STATE_DIR": str(self.state_dir),
+            "PROMPTMILL_WORKER_SESSION_TIMEOUT_MS": "3000",
+            "PROMPTMILL_WORKER_DRAIN_SECONDS": "5",
+            "PROMPTMILL_MODEL_BACKOFF_BASE_SECONDS": "0.05",
+            "PROMPTMILL_MODEL_BACKOFF_MAX_SECONDS": "0.5",
+            "PYTHONPATH": str(ROOT),
+        }
+        return env | self.extra | overrides
+
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``promptmill ARGS`` as a user would, in this env."""
+        result = subprocess.run(
+            [sys.executable, "-m", "promptmill", *args],
+            env=self.environ(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"promptmill {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}"
+            )
+        return result
+
+    def start_worker(self, **overrides: str) -> WorkerProcess:
+        worker = WorkerProcess.start(self.environ(**overrides), self.state_dir)
+        self.workers.append(worker)
+        return worker
+
+    async def setup_topics(self) -> None:
+        await apply_topics(self.conn, self.catalog)
+
+    async def push_templates(self, directory: Path, label: str = "production") -> str:
+        return self.cli("templates", "push", str(directory), "--label", label).stdout
+
+    async def submit(self, path: Path, **kwargs: Any) -> str:
+        async with Client(self.conn, self.catalog) as client:
+            report = await client.submit(path, **kwargs)
+        return report.manifest.batch_id
+
+    async def collect(
+        self, batch_id: str, *, within: float = 120
+    ) -> dict[str, Completion | Failure]:
+        """Follow the batch until every job is terminal; job id -> its terminal record."""
+        follower = ResultFollower(self.conn, self.catalog, batch_id)
+        records: dict[str, Completion | Failure] = {}
+
+        async def follow() -> None:
+            async for record in follower.records(follow=True):
+                records[record.job_id] = record
+
+        await asyncio.wait_for(follow(), within)
+        return records
+
+
+@dataclass
+class WorkerProcess:
+    """``promptmill worker`` in its own process, with its log in a file."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @classmethod
+    def start(cls, env: dict[str, str], state_dir: Path) -> WorkerProcess:
+        log = state_dir / f"worker-{uuid.uuid4().hex[:6]}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "promptmill", "worker"],
+                env=env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        return cls(process, log)
+
+    def kill9(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any] | str]) -> Path:
+    with path.open("wb") as out:
+        for row in rows:
+            out.write((row.encode() if isinstance(row, str) else orjson.dumps(row)) + b"\n")
+    return path
+
+
+async def sim_call(sim_url: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """Talk to the simulator's admin API (``/sim/stats``, ``/sim/config``, ``/sim/reset``)."""
+    base = sim_url.removesuffix("/v1")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, base + path, json=body) as response,
+    ):
+        response.raise_for_status()
+        return await response.json()
