@@ -10,16 +10,18 @@ import sys
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
+from aiokafka import AIOKafkaProducer
 
 from producers import Client
 from producers.results import ResultFollower
-from schemas import Completion, Failure
-from topics import KafkaConnection, TopicCatalog
+from schemas import BatchManifest, Completion, Failure, Header
+from topics import KafkaConnection, TopicCatalog, TopicKind
 from topics.admin import apply_topics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,18 +108,47 @@ class Env:
         return report.manifest.batch_id
 
     async def collect(
-        self, batch_id: str, *, within: float = 120
+        self, batch_id: str, *, count: int | None = None, within: float = 120
     ) -> dict[str, Completion | Failure]:
-        """Follow the batch until every job is terminal; job id -> its terminal record."""
+        """Follow a batch until every job is terminal; job id -> its terminal record.
+
+        ``count`` stands in for the manifest of a batch produced by hand (no manifest).
+        """
         follower = ResultFollower(self.conn, self.catalog, batch_id)
+        manifest = None
+        if count is not None:
+            since = datetime.now(UTC) - timedelta(minutes=10)
+            manifest = BatchManifest(
+                batch_id=batch_id,
+                total=count,
+                submitted=count,
+                invalid=0,
+                started_at=since,
+                submitted_at=since,
+            )
         records: dict[str, Completion | Failure] = {}
 
         async def follow() -> None:
-            async for record in follower.records(follow=True):
+            async for record in follower.records(follow=True, manifest=manifest):
                 records[record.job_id] = record
 
         await asyncio.wait_for(follow(), within)
         return records
+
+    async def produce_jobs(self, jobs: Iterable[tuple[str, str, bytes]]) -> None:
+        """Produce raw (job id, batch id, value) records to the jobs topic, as any client could."""
+        producer = AIOKafkaProducer(bootstrap_servers=self.endpoints.bootstrap, acks="all")
+        await producer.start()
+        try:
+            for job_id, batch_id, value in jobs:
+                await producer.send_and_wait(
+                    self.catalog.name(TopicKind.JOBS),
+                    value,
+                    key=job_id.encode(),
+                    headers=[(Header.BATCH_ID.value, batch_id.encode())],
+                )
+        finally:
+            await producer.stop()
 
 
 @dataclass

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from schemas import Completion, ErrorCode, Failure
 from tests.integration.harness import Env, sim_call, write_jsonl
@@ -69,17 +68,8 @@ async def test_bad_input_becomes_dead_letters_and_the_worker_keeps_going(env: En
     ] + [
         (f"bad:{n}", job(n, template="greet", variables={"who": f"ok {n}"})) for n in range(10, 20)
     ]
-    producer = AIOKafkaProducer(bootstrap_servers=env.endpoints.bootstrap, acks="all")
-    await producer.start()
-    try:
-        for key, value in raw:
-            headers = [("pm-batch-id", batch.encode())]
-            await producer.send_and_wait(
-                env.catalog.name(TopicKind.JOBS), value, key=key.encode(), headers=headers
-            )
-    finally:
-        await producer.stop()
-    records = await _wait_for(env, batch, 19)
+    await env.produce_jobs((key, batch, value) for key, value in raw)
+    records = await env.collect(batch, count=19)
     codes = {k: r.code for k, r in records.items() if isinstance(r, Failure)}
     assert codes == {
         "bad:1": ErrorCode.INVALID_JSON,
@@ -147,35 +137,6 @@ async def test_job_from_kcat_is_processed(env: Env) -> None:
         check=True,
         timeout=30,
     )
-    records = await _wait_for(env, "kc", 1)
+    records = await env.collect("kc", count=1)
     record = records["kc:1"]
     assert isinstance(record, Completion) and record.template_version == 1 and record.text
-
-
-async def _wait_for(env: Env, batch: str, count: int) -> dict[str, Completion | Failure]:
-    """Collect a batch that has no manifest (produced by hand) until ``count`` records."""
-    from producers.results import ResultFollower
-
-    follower = ResultFollower(env.conn, env.catalog, batch)
-    follower.report.total = count
-    records: dict[str, Completion | Failure] = {}
-
-    async def follow() -> None:
-        from datetime import UTC, datetime, timedelta
-
-        from schemas import BatchManifest
-
-        start = datetime.now(UTC) - timedelta(minutes=10)
-        manifest = BatchManifest(
-            batch_id=batch,
-            total=count,
-            submitted=count,
-            invalid=0,
-            started_at=start,
-            submitted_at=start,
-        )
-        async for record in follower.records(follow=True, manifest=manifest):
-            records[record.job_id] = record
-
-    await asyncio.wait_for(follow(), 90)
-    return records

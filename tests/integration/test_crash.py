@@ -1,0 +1,103 @@
+"""kill -9 the worker at random moments during a batch: no job is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from producers.results import ResultFollower
+from schemas import Completion, Failure
+from tests.integration.harness import Env, sim_call, write_jsonl
+from topics import ConsumerGroup, TopicKind
+from topics.partitions import topic_partitions
+
+TEMPLATES = Path(__file__).parent / "templates"
+JOBS = 3000
+KILLS = 3
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+async def test_kill_9_three_times_loses_no_job(env: Env, tmp_path: Path) -> None:
+    seed = int(time.time())
+    rng = random.Random(seed)
+    await env.push_templates(TEMPLATES)
+    await sim_call(
+        env.endpoints.sim_url, "POST", "/sim/config", {"latency_ms": 60, "jitter_ms": 40}
+    )
+    jobs = write_jsonl(
+        tmp_path / "jobs.jsonl",
+        [{"template": "greet", "variables": {"who": f"n{i}"}, "cache": False} for i in range(JOBS)],
+    )
+    batch = await env.submit(jobs)
+    follower = ResultFollower(env.conn, env.catalog, batch)
+    records: dict[str, Completion | Failure] = {}
+
+    async def follow() -> None:
+        async for record in follower.records(follow=True):
+            records[record.job_id] = record
+
+    following = asyncio.create_task(follow())
+    kills = []
+    for n in range(KILLS):
+        worker = env.start_worker(PROMPTMILL_WORKER_CONCURRENCY="64")
+        target = len(records) + rng.randint(150, 450)
+        while len(records) < target and not following.done():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(rng.uniform(0, 0.3))
+        worker.kill9()
+        kills.append(len(records))
+        assert len(records) < JOBS, f"kill {n + 1} came too late: the batch already finished"
+    env.start_worker(PROMPTMILL_WORKER_CONCURRENCY="64")
+    await asyncio.wait_for(following, 180)
+
+    assert len(records) == JOBS, f"seed {seed}: {JOBS - len(records)} jobs lost (kills at {kills})"
+    assert all(isinstance(r, Completion) for r in records.values())
+    delivered = await _count_terminal_records(env, batch)
+    print(
+        f"seed {seed}: kills after {kills} results; {delivered} records for {JOBS} jobs "
+        f"({delivered - JOBS} redelivered duplicates)"
+    )
+    assert delivered >= JOBS
+    await _assert_fully_committed(env)
+
+
+async def _count_terminal_records(env: Env, batch: str) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=env.endpoints.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = await topic_partitions(consumer, env.catalog.name(TopicKind.COMPLETIONS))
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        count = 0
+        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                count += sum(dict(r.headers).get("pm-batch-id") == batch.encode() for r in records)
+        return count
+    finally:
+        await consumer.stop()
+
+
+async def _assert_fully_committed(env: Env) -> None:
+    """After the last worker drains, the group's committed offsets reach the log end."""
+    env.workers[-1].terminate()
+    admin = AIOKafkaAdminClient(bootstrap_servers=env.endpoints.bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=env.endpoints.bootstrap, enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(
+            env.catalog.group(ConsumerGroup.PROMPTS)
+        )
+        tps = await topic_partitions(consumer, env.catalog.name(TopicKind.JOBS))
+        ends = await consumer.end_offsets(tps)
+        assert {tp: committed[tp].offset for tp in tps} == ends
+    finally:
+        await consumer.stop()
+        await admin.close()
