@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
+
 from producers.templates import load_template_dir, push_templates
 from promptmill import app
 from promptmill.commands import batch
@@ -27,6 +29,28 @@ from promptmill.settings import Settings
 from topics.admin import apply_topics
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SAMPLES = 4
+
+
+def _show_samples(results: Path) -> None:
+    """Print a few completions and one dead letter, so the output shows real records."""
+    print("  a few of the records:")
+    shown = {"completion": 0, "failure": 0}
+    for line in results.read_bytes().splitlines():
+        record = orjson.loads(line)
+        kind = record["kind"]
+        if shown[kind] >= (SAMPLES if kind == "completion" else 2):
+            continue
+        shown[kind] += 1
+        who = record.get("custom_id") or record["job_id"]
+        if kind == "completion":
+            text = " ".join(record["text"].split())[:90]
+            print(
+                f"    {who:<14} {record.get('template') or '(messages)'}@"
+                f"{record.get('template_version') or '-'}: {text!r}"
+            )
+        else:
+            print(f"    {who:<14} FAILED {record['code']}: {record['message'][:80]}")
 
 
 async def demo(settings: Settings, args: argparse.Namespace) -> None:
@@ -65,10 +89,18 @@ async def demo(settings: Settings, args: argparse.Namespace) -> None:
             conn, catalog, load_template_dir(EXAMPLES / "templates"), "production"
         ):
             print("  " + line)
-        print("== starting a worker: promptmill worker", flush=True)
-        worker = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "promptmill", "worker", env=os.environ.copy()
-        )
+        worker_log = state / "worker.log"
+        print(f"== starting a worker: promptmill worker (log in {worker_log})", flush=True)
+        with worker_log.open("ab") as log_file:
+            worker = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "promptmill",
+                "worker",
+                env=os.environ.copy(),
+                stdout=log_file,
+                stderr=log_file,
+            )
         jobs = args.jobs or EXAMPLES / "jobs.jsonl"
         for round_, note in (
             (1, "first run"),
@@ -86,6 +118,8 @@ async def demo(settings: Settings, args: argparse.Namespace) -> None:
             )
             await batch.run(local, run_args)
             print(f"  results written to {run_args.output}", flush=True)
+            if round_ == 1:
+                _show_samples(run_args.output)
     finally:
         if worker is not None and worker.returncode is None:
             worker.send_signal(signal.SIGTERM)

@@ -168,6 +168,7 @@ class Worker:
             await self._publish(record, outcomes)
             self._tracker.finished(tp, record.offset, epoch)
             self.stats.processed += 1
+            self.stats.dead_letters += sum(o.dead_letter for o in outcomes)
         finally:
             self._slots.release()
 
