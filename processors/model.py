@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import openai
 
 from processors.retry import Backoff, retry_after_seconds
@@ -92,8 +93,9 @@ class ModelClient:
                 code, retriable = _classify_status(exc)
                 wait = retry_after_seconds(exc.response.headers) if retriable else None
                 error = f"HTTP {exc.status_code}: {_error_message(exc)}"
-            except openai.APITimeoutError:
-                code, retriable, wait, error = ErrorCode.MODEL_TIMEOUT, True, None, "timed out"
+            except openai.APITimeoutError as exc:
+                code, retriable, wait = _timeout_or_unreachable(exc), True, None
+                error = "timed out" if code is ErrorCode.MODEL_TIMEOUT else f"cannot connect: {exc}"
             except (
                 openai.APIConnectionError,
                 openai.APIResponseValidationError,
@@ -146,6 +148,17 @@ def _reply(reply: Any, attempt: int, started: float) -> ModelReply:
         attempts=attempt,
         latency_ms=(time.monotonic() - started) * 1000.0,
     )
+
+
+def _timeout_or_unreachable(exc: BaseException) -> ErrorCode:
+    """The aiohttp transport reports a refused connection as a connect *timeout*; tell
+    them apart by the cause chain, so an unreachable endpoint is a ``model_error``."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, aiohttp.ClientConnectorError | ConnectionError):
+            return ErrorCode.MODEL_ERROR
+        cause = cause.__cause__ or cause.__context__
+    return ErrorCode.MODEL_TIMEOUT
 
 
 def _classify_status(exc: openai.APIStatusError) -> tuple[ErrorCode, bool]:

@@ -86,7 +86,7 @@ def read_jobs(
                 continue
             text = raw.decode("utf-8", "replace").rstrip("\r\n")
             try:
-                data = orjson.loads(raw)
+                data = orjson.loads(raw.rstrip(b"\r\n"))
             except orjson.JSONDecodeError as exc:
                 yield LineError(number, ErrorCode.INVALID_JSON, f"invalid JSON: {exc}", text)
                 continue

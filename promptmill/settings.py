@@ -8,11 +8,13 @@ A bad value stops the program with one line naming the variable (:func:`load_set
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 from schemas import PromptmillError
 
@@ -91,6 +93,18 @@ class Settings(BaseSettings):
     cache_dir: Path = Path.home() / ".cache" / "promptmill"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    @field_validator(
+        "kafka_bootstrap_servers",
+        "redis_url",
+        "openai_base_url",
+        "openai_api_key",
+        "default_model",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
 
 def load_settings() -> Settings:
     """Build the settings once; a bad value raises :class:`SettingsError` naming it."""
@@ -101,3 +115,7 @@ def load_settings() -> Settings:
         field = ".".join(str(p) for p in err["loc"])
         name = f"PROMPTMILL_{field.upper()}" if not field.isupper() else field
         raise SettingsError(f"bad setting {name}: {err['msg']}") from None
+    except SourceError as exc:  # a complex value (dict, list) that is not JSON
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = f"PROMPTMILL_{found.group(1).upper()}" if found else "(unknown)"
+        raise SettingsError(f"bad setting {name}: not valid JSON") from None

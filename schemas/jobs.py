@@ -66,14 +66,14 @@ class TemplateRef(BaseModel):
     @classmethod
     def parse(cls, ref: str) -> TemplateRef:
         """Parse ``name``, ``name@3`` or ``name@label``; raises ``ValueError`` when malformed."""
-        name, _, selector = ref.strip().partition("@")
-        if not _NAME_RE.match(name):
+        name, at, selector = ref.strip().partition("@")
+        if not _NAME_RE.fullmatch(name):
             raise ValueError(f"invalid template name {name!r} in reference {ref!r}")
-        if not selector:
+        if not at:
             return cls(name=name, label=DEFAULT_LABEL)
         if selector.isdigit():
             return cls(name=name, version=int(selector))
-        if not _NAME_RE.match(selector):
+        if not _NAME_RE.fullmatch(selector):
             raise ValueError(f"invalid version or label {selector!r} in reference {ref!r}")
         return cls(name=name, label=selector)
 

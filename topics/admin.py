@@ -54,11 +54,10 @@ async def apply_topics(conn: KafkaConnection, catalog: TopicCatalog) -> list[str
 async def describe_topics(conn: KafkaConnection, catalog: TopicCatalog) -> list[TopicState | str]:
     """The broker's view of each catalog topic, or the name alone when it does not exist."""
     admin = AIOKafkaAdminClient(**conn.client_options())
-    consumer = AIOKafkaConsumer(**conn.client_options(), enable_auto_commit=False)
     await admin.start()
-    await consumer.start()
-    await consumer.topics()
+    consumer = AIOKafkaConsumer(**conn.client_options(), enable_auto_commit=False)
     try:
+        await consumer.start()
         names = [s.name for s in catalog.specs()]
         partitions = await _describe_partitions(admin, names)
         configs = await _describe_configs(admin, [n for n in names if n in partitions])

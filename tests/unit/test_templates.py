@@ -1,0 +1,359 @@
+"""Templates: the in-memory store, rendering in the sandbox, and template files."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from processors.templates import Renderer, TemplateStore, UnknownTemplate
+from processors.templates.render import MissingVariable, RenderError
+from producers.templates import TemplateFileError, load_template_dir, load_template_file
+from schemas import ChatMessage, ErrorCode, LabelRecord, Template, TemplateRef, encode
+
+pytestmark = pytest.mark.timeout(10)
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "templates"
+
+
+def _template(
+    version: int,
+    *contents: str,
+    name: str = "summarize",
+    variables: list[str] | None = None,
+) -> Template:
+    messages = [ChatMessage(role="user", content=c) for c in contents or ("v{{ n }}",)]
+    return Template(
+        name=name,
+        version=version,
+        variables=variables or [],
+        messages=messages,
+        content_hash=f"hash-{version}",
+    )
+
+
+def _put(store: TemplateStore, record: Template | LabelRecord) -> None:
+    store.apply(record.key.encode(), encode(record))
+
+
+@pytest.fixture
+def store() -> TemplateStore:
+    store = TemplateStore()
+    for version in (1, 2, 3):
+        _put(store, _template(version))
+    _put(store, LabelRecord(name="summarize", label="production", version=2))
+    _put(store, LabelRecord(name="summarize", label="staging", version=3))
+    _put(store, _template(1, name="haiku"))
+    return store
+
+
+def test_store_resolves_names_versions_and_labels(store: TemplateStore) -> None:
+    assert store.resolve("summarize").version == 2  # the production label
+    assert store.resolve("summarize@production").version == 2
+    assert store.resolve("summarize@staging").version == 3
+    assert store.resolve("summarize@1").version == 1
+    assert store.resolve(TemplateRef(name="summarize", version=3)).version == 3
+    assert store.names() == ["haiku", "summarize"]
+    assert [t.version for t in store.versions("summarize")] == [1, 2, 3]
+    assert store.labels("summarize") == {"production": 2, "staging": 3}
+    latest = store.latest("summarize")
+    assert latest is not None and latest.version == 3
+    assert store.latest("nope") is None
+
+
+def test_a_label_record_moves_the_label(store: TemplateStore) -> None:
+    _put(store, LabelRecord(name="summarize", label="production", version=1))
+    assert store.resolve("summarize").version == 1
+    _put(store, LabelRecord(name="summarize", label="production", version=3))
+    assert store.resolve("summarize").version == 3
+
+
+def test_unknown_name_label_or_version(store: TemplateStore) -> None:
+    with pytest.raises(UnknownTemplate) as name:
+        store.resolve("sumarise")
+    assert name.value.message == "unknown template 'sumarise'"
+    assert name.value.code is ErrorCode.UNKNOWN_TEMPLATE
+    assert not name.value.retriable
+
+    with pytest.raises(UnknownTemplate) as label:
+        store.resolve("summarize@canary")
+    assert label.value.message == (
+        "template 'summarize' has no label 'canary' "
+        "(labels: production, staging; versions: 1, 2, 3)"
+    )
+    with pytest.raises(UnknownTemplate) as no_production:
+        store.resolve("haiku")
+    assert "has no label 'production' (labels: none; versions: 1)" in no_production.value.message
+
+    with pytest.raises(UnknownTemplate) as version:
+        store.resolve("summarize@99")
+    assert version.value.message == "template 'summarize' has no version 99"
+
+
+def test_tombstones_remove_versions_and_labels(store: TemplateStore) -> None:
+    store.apply(b"label:summarize:staging", None)
+    with pytest.raises(UnknownTemplate, match="no label 'staging'"):
+        store.resolve("summarize@staging")
+    store.apply(b"version:summarize:2", None)
+    assert [t.version for t in store.versions("summarize")] == [1, 3]
+    with pytest.raises(UnknownTemplate, match="has no version 2"):
+        store.resolve("summarize")  # production still points at the removed version
+    for version in (1, 3):
+        store.apply(f"version:summarize:{version}".encode(), None)
+    with pytest.raises(UnknownTemplate, match="unknown template 'summarize'"):
+        store.resolve("summarize@1")
+    # tombstones for things never seen, or with odd keys, are harmless
+    store.apply(b"version:ghost:1", None)
+    store.apply(b"label:ghost:x", None)
+    store.apply(b"version:haiku:notanumber", None)
+    store.apply(None, None)
+    assert store.versions("summarize") == []
+    assert store.latest("summarize") is None
+    assert store.resolve("haiku@1").name == "haiku"
+
+
+def test_bad_records_are_skipped(store: TemplateStore, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="processors.templates.store"):
+        store.apply(b"version:summarize:4", b'{"kind": "template"}')
+        store.apply(b"label:summarize:production", b'{"name": "summarize"}')
+        store.apply(b"something:else", b"{}")
+    assert store.resolve("summarize").version == 2
+    assert [t.version for t in store.versions("summarize")] == [1, 2, 3]
+    assert sum("ignoring bad templates record" in r.message for r in caplog.records) == 2
+
+
+def test_render_fills_variables_per_message() -> None:
+    template = Template(
+        name="t",
+        version=1,
+        variables=["text"],
+        messages=[
+            ChatMessage(role="system", content="Be brief.", name="rules"),
+            ChatMessage(
+                role="user", content="Summarize{% if lang %} in {{ lang }}{% endif %}: {{ text }}"
+            ),
+        ],
+        content_hash="h",
+    )
+    rendered = Renderer().render(template, {"text": "hello", "lang": "French"})
+    assert rendered == [
+        ChatMessage(role="system", content="Be brief.", name="rules"),
+        ChatMessage(role="user", content="Summarize in French: hello"),
+    ]
+
+
+def test_render_undefined_variable_is_missing_variable() -> None:
+    template = _template(1, "{{ text }} and {{ topic }}", variables=["text"])
+    with pytest.raises(MissingVariable) as exc:
+        Renderer().render(template, {"text": "x"})
+    assert exc.value.code is ErrorCode.MISSING_VARIABLE
+    assert "'topic' is undefined" in exc.value.message
+    assert "summarize@1" in exc.value.message
+
+
+def test_render_declared_variables_are_required() -> None:
+    template = _template(4, "static", variables=["text", "lang", "tone"])
+    with pytest.raises(MissingVariable) as exc:
+        Renderer().render(template, {"lang": "en"})
+    assert exc.value.message == "missing variable(s) text, tone for template summarize@4"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ ''.__class__.__mro__ }}",
+        "{{ text.__class__.__base__.__subclasses__() }}",
+        "{{ cycler.__init__.__globals__ }}",
+        "{{ text.format_map({}) if false else ''.__class__ }}",
+    ],
+)
+def test_render_sandbox_blocks_unsafe_access(source: str) -> None:
+    with pytest.raises(RenderError) as exc:
+        Renderer().render(_template(1, source), {"text": "x"})
+    assert exc.value.code is ErrorCode.RENDER_ERROR
+    assert "unsafe" in exc.value.message
+
+
+def test_render_runtime_error_is_render_error() -> None:
+    with pytest.raises(RenderError) as exc:
+        Renderer().render(_template(1, "{{ n / 0 }}"), {"n": 1})
+    assert exc.value.message == "template summarize@1: ZeroDivisionError: division by zero"
+    with pytest.raises(RenderError, match="TypeError"):
+        Renderer().render(_template(2, "{{ n + 'a' }}"), {"n": 1})
+
+
+def test_render_syntax_error_is_render_error() -> None:
+    with pytest.raises(RenderError, match="template summarize@1: "):
+        Renderer().render(_template(1, "{{ n "), {"n": 1})
+
+
+def test_variables_used() -> None:
+    assert Renderer().variables_used("{{ a }} {% for x in items %}{{ x }}{% endfor %}") == {
+        "a",
+        "items",
+    }
+
+
+# --- template files -------------------------------------------------------------------
+
+VALID = """\
+name: summarize
+description: One sentence.
+params:
+  temperature: 0
+  max_tokens: 24
+variables: [text]
+messages:
+  - role: system
+    content: Be brief.
+  - role: user
+    content: "Summarize: {{ text }}"
+"""
+
+
+def _file(directory: Path, text: str, name: str = "t.yaml") -> Path:
+    path = directory / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _error(path: Path) -> str:
+    with pytest.raises(TemplateFileError) as exc:
+        load_template_file(path)
+    assert "\n" not in exc.value.message
+    return exc.value.message
+
+
+def test_load_valid_template_file(tmp_path: Path) -> None:
+    path = _file(tmp_path, VALID)
+    loaded = load_template_file(path)
+    assert loaded.path == path
+    body = loaded.body
+    assert (body.name, body.description, body.variables) == ("summarize", "One sentence.", ["text"])
+    assert body.params.max_tokens == 24
+    assert [m.role for m in body.messages] == ["system", "user"]
+    assert (
+        body.compute_hash()
+        == load_template_file(_file(tmp_path, VALID, "b.yaml")).body.compute_hash()
+    )
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    path = _file(tmp_path, "name: x\nmessages:\n  - role: user\n    content: [unclosed\n")
+    message = _error(path)
+    assert message.startswith(f"{path}:")
+    assert "invalid YAML" in message
+    line = int(message.removeprefix(f"{path}:").split(":")[0])
+    assert line in (4, 5)
+
+
+def test_yaml_tab_indent_error_line(tmp_path: Path) -> None:
+    path = _file(tmp_path, "name: x\ndescription: y\n\tbad: tab\n")
+    assert _error(path).startswith(f"{path}:3: invalid YAML")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field"),
+    [
+        (VALID.replace("role: user", "role: robot"), 10, "messages.1.role"),
+        (VALID.replace("temperature: 0", "temperature: 5"), 4, "params.temperature"),
+        (VALID.replace("max_tokens: 24", "max_tokns: 24"), 5, "params.max_tokns"),
+        (VALID.replace("name: summarize", "name: two words"), 1, "name"),
+        (VALID.replace("variables: [text]", "variables: text"), 6, "variables"),
+        (VALID.replace("description: One sentence.", "colour: blue"), 2, "colour"),
+        ("name: x\nmessages: []\n", 2, "messages"),
+        ("name: x\ndescription: no messages\n", 1, "messages"),
+    ],
+)
+def test_schema_error_names_file_line_and_field(
+    tmp_path: Path, text: str, line: int, field: str
+) -> None:
+    path = _file(tmp_path, text)
+    assert _error(path).startswith(f"{path}:{line}: field {field}: ")
+
+
+def test_bad_role_on_line_seven(tmp_path: Path) -> None:
+    text = (
+        "# a comment\n"
+        "name: review\n"
+        "variables: [review]\n"
+        "messages:\n"
+        "  - role: user\n"
+        "    content: '{{ review }}'\n"
+        "  - role: wizard\n"
+        "    content: hi\n"
+    )
+    path = _file(tmp_path, text)
+    message = _error(path)
+    assert message.startswith(f"{path}:7: field messages.1.role: Input should be ")
+
+
+def test_not_a_mapping(tmp_path: Path) -> None:
+    for text in ("- a\n- b\n", "", "just text\n"):
+        path = _file(tmp_path, text)
+        assert _error(path) == f"{path}:1: a template file must be a YAML mapping"
+
+
+def test_jinja_syntax_error_names_the_content_line(tmp_path: Path) -> None:
+    text = VALID.replace('"Summarize: {{ text }}"', '"Summarize: {{ text }"')
+    path = _file(tmp_path, text)
+    message = _error(path)
+    assert message.startswith(f"{path}:11: field messages.1.content: Jinja syntax error: ")
+
+    block = VALID.replace(
+        '    content: "Summarize: {{ text }}"\n',
+        "    content: |\n      Summarize:\n      {% if text %}{{ text }}\n",
+    )
+    path = _file(tmp_path, block, "block.yaml")
+    assert _error(path).startswith(f"{path}:11: field messages.1.content: Jinja syntax error: ")
+
+
+def test_load_template_dir(tmp_path: Path) -> None:
+    _file(tmp_path, VALID, "a.yaml")
+    _file(tmp_path, VALID.replace("summarize", "haiku"), "nested/b.yml")
+    _file(tmp_path, "not a template", "notes.txt")
+    loaded = load_template_dir(tmp_path)
+    assert [f.body.name for f in loaded] == ["summarize", "haiku"]
+
+
+def test_load_template_dir_refuses_duplicate_names(tmp_path: Path) -> None:
+    first = _file(tmp_path, VALID, "a.yaml")
+    second = _file(tmp_path, VALID, "b.yaml")
+    with pytest.raises(TemplateFileError) as exc:
+        load_template_dir(tmp_path)
+    assert exc.value.message == (f"{second}: template name 'summarize' also used by {first}")
+
+
+def test_load_template_dir_errors(tmp_path: Path) -> None:
+    with pytest.raises(TemplateFileError, match="not a directory"):
+        load_template_dir(tmp_path / "missing")
+    with pytest.raises(TemplateFileError, match=r"no \*\.yaml template files"):
+        load_template_dir(tmp_path)
+    bad = _file(tmp_path, "name: [\n", "bad.yaml")
+    with pytest.raises(TemplateFileError, match=f"^{bad}:"):
+        load_template_dir(tmp_path)
+
+
+def test_example_templates_load_and_render() -> None:
+    loaded = load_template_dir(EXAMPLES)
+    names = sorted(f.body.name for f in loaded)
+    assert names == ["classify", "haiku", "summarize"]
+    variables: dict[str, dict[str, Any]] = {
+        "classify": {"review": "Great."},
+        "haiku": {"topic": "rain", "mood": "calm"},
+        "summarize": {"text": "Long text."},
+    }
+    renderer = Renderer()
+    for item in loaded:
+        template = Template(
+            **item.body.model_dump(), version=1, content_hash=item.body.compute_hash()
+        )
+        messages = renderer.render(template, variables[item.body.name])
+        assert messages[-1].role == "user"
+        assert all("{{" not in m.content for m in messages)
+        assert set(item.body.variables) <= set().union(
+            *(renderer.variables_used(m.content) for m in item.body.messages)
+        )
