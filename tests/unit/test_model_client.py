@@ -12,11 +12,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from processors.model import ModelCallError, ModelClient
 from processors.retry import Backoff, retry_after_seconds
-from promptmill.dev.simulator import SimConfig, build_app
 from schemas import ChatMessage, ErrorCode
 
 pytestmark = pytest.mark.timeout(15)
@@ -48,17 +46,9 @@ class Sim:
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Sim]:
-    app = build_app(SimConfig(latency_ms=0, jitter_ms=0))
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        async with aiohttp.ClientSession() as http:
-            yield Sim(url, http)
-    finally:
-        await runner.cleanup()
+async def sim(sim_url: str) -> AsyncIterator[Sim]:
+    async with aiohttp.ClientSession() as http:
+        yield Sim(sim_url, http)
 
 
 ClientFactory = Callable[..., Awaitable[ModelClient]]

@@ -11,10 +11,8 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from aiohttp import web
 
 from promptmill.dev.sim_limits import FaultDraws, RateLimiter, TokenBucket, format_duration
-from promptmill.dev.simulator import SimConfig, build_app
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -51,25 +49,17 @@ class Sim:
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Sim]:
-    app = build_app(SimConfig(latency_ms=0, jitter_ms=0))
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        async with (
-            openai.AsyncOpenAI(
-                base_url=f"{url}/v1",
-                api_key="sim",
-                max_retries=0,
-                http_client=openai.DefaultAioHttpClient(),
-            ) as client,
-            aiohttp.ClientSession() as http,
-        ):
-            yield Sim(url, client, http)
-    finally:
-        await runner.cleanup()
+async def sim(sim_url: str) -> AsyncIterator[Sim]:
+    async with (
+        openai.AsyncOpenAI(
+            base_url=f"{sim_url}/v1",
+            api_key="sim",
+            max_retries=0,
+            http_client=openai.DefaultAioHttpClient(),
+        ) as client,
+        aiohttp.ClientSession() as http,
+    ):
+        yield Sim(sim_url, client, http)
 
 
 async def test_chat_completion_is_deterministic(sim: Sim) -> None:
