@@ -173,6 +173,7 @@ class Client:
             job_id=job_id,
             batch_id=batch_id,
             tenant=tenant,
+            custom_id=error.custom_id,
             code=error.code,
             message=f"line {error.line}: {error.message}",
             payload=error.raw,

@@ -45,6 +45,7 @@ class LineError:
     code: ErrorCode
     message: str
     raw: str
+    custom_id: str | None = None  # when the line names one, so the failure can echo it
 
 
 class _JobLine(BaseModel):
@@ -113,11 +114,16 @@ def read_jobs(
                 )
             except ValidationError as exc:
                 code, message = describe_validation_error(exc)
-                yield LineError(number, code, message, text)
+                yield LineError(number, code, message, text, _custom_id(data))
             except ValueError as exc:
-                yield LineError(number, ErrorCode.SCHEMA_ERROR, str(exc), text)
+                yield LineError(number, ErrorCode.SCHEMA_ERROR, str(exc), text, _custom_id(data))
             else:
                 yield job
+
+
+def _custom_id(data: dict[str, Any]) -> str | None:
+    value = data.get("custom_id", data.get("id"))
+    return value if isinstance(value, str) else None
 
 
 def _job_fields(data: dict[str, Any], template: str | None) -> dict[str, Any]:

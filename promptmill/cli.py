@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("results", batch.results, "write every terminal record of a batch once")
     p.add_argument("batch")
     p.add_argument("--follow", action="store_true", help="wait until every job is terminal")
-    batch.add_output_options(p)
+    batch.add_output_options(p, "--format")
     p = command("run", batch.run, "submit a file and follow it until every job is terminal")
     batch.add_submit_options(p)
     batch.add_output_options(p)

@@ -30,11 +30,11 @@ def add_submit_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_output_options(parser: argparse.ArgumentParser) -> None:
+def add_output_options(parser: argparse.ArgumentParser, *aliases: str) -> None:
     parser.add_argument("-o", "--output", type=Path, help="write results here (default: stdout)")
     parser.add_argument(
         "--output-format",
-        "--result-format",
+        *aliases,
         dest="output_format",
         choices=[f.value for f in OutputFormat],
         default="promptmill",

@@ -101,3 +101,40 @@ async def _assert_fully_committed(env: Env) -> None:
     finally:
         await consumer.stop()
         await admin.close()
+
+
+async def test_rebalance_and_sigterm_drain_lose_nothing(env: Env, tmp_path: Path) -> None:
+    """A second worker joins mid-batch (rebalance), then the first is stopped with SIGTERM:
+    it drains and exits cleanly, the second finishes the batch, no job is lost."""
+    await env.push_templates(TEMPLATES)
+    await sim_call(
+        env.endpoints.sim_url, "POST", "/sim/config", {"latency_ms": 80, "jitter_ms": 40}
+    )
+    jobs = write_jsonl(
+        tmp_path / "jobs.jsonl",
+        [{"template": "greet", "variables": {"who": f"r{i}"}, "cache": False} for i in range(2000)],
+    )
+    batch = await env.submit(jobs)
+    follower = ResultFollower(env.conn, env.catalog, batch)
+    records: dict[str, Completion | Failure] = {}
+
+    async def follow() -> None:
+        async for record in follower.records(follow=True):
+            records[record.job_id] = record
+
+    following = asyncio.create_task(follow())
+    first = env.start_worker(PROMPTMILL_WORKER_CONCURRENCY="64")
+    while len(records) < 300:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    second = env.start_worker(PROMPTMILL_WORKER_CONCURRENCY="64")
+    while len(records) < 900:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    assert len(records) < 2000, "the batch finished before the first worker was stopped"
+    exit_code = await asyncio.to_thread(first.terminate, 30)
+    assert exit_code == 0, first.tail()
+    assert "worker stopped" in first.tail()
+    await asyncio.wait_for(following, 120)
+    assert len(records) == 2000
+    assert all(isinstance(r, Completion) for r in records.values())
+    assert second.process.poll() is None
+    await _assert_fully_committed(env)

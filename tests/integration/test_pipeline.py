@@ -140,3 +140,23 @@ async def test_job_from_kcat_is_processed(env: Env) -> None:
     records = await env.collect("kc", count=1)
     record = records["kc:1"]
     assert isinstance(record, Completion) and record.template_version == 1 and record.text
+
+
+async def test_openai_batch_file_in_and_out_through_the_cli(env: Env, tmp_path: Path) -> None:
+    """An OpenAI Batch input file is accepted unchanged; results come back in its format."""
+    env.start_worker()
+    source = Path(__file__).parents[2] / "examples" / "openai-batch.jsonl"
+    submitted = env.cli("submit", str(source), "--batch-id", "oa")
+    assert "3 lines, 2 jobs submitted, 1 invalid" in submitted.stdout
+    assert "openai-batch.jsonl:3: schema_error: field url" in submitted.stderr
+    out = tmp_path / "out.jsonl"
+    env.cli("results", "oa", "--follow", "--format", "openai-batch", "-o", str(out))
+    lines = {x["custom_id"]: x for x in map(orjson.loads, out.read_bytes().splitlines())}
+    assert set(lines) == {"request-1", "request-2", "request-3"}
+    for ok in ("request-1", "request-2"):
+        body = lines[ok]["response"]["body"]
+        assert lines[ok]["error"] is None and lines[ok]["response"]["status_code"] == 200
+        assert body["choices"][0]["message"]["content"] and body["usage"]["total_tokens"] > 0
+        assert body["model"] == "gpt-3.5-turbo-0125"
+    assert lines["request-3"]["response"] is None
+    assert lines["request-3"]["error"]["code"] == "schema_error"
