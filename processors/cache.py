@@ -1,9 +1,9 @@
-"""The response cache: Redis, keyed by a canonical hash of the model request.
+"""Cache keys and request coalescing.
 
 Only requests whose answer is reproducible (temperature 0 or a seed), or that ask for
-caching, are cached. Identical requests in flight in this worker at the same moment are
-coalesced into one model call (:class:`Coalescer`). Redis errors never fail a job: the
-cache degrades to a miss, with one warning until Redis answers again.
+caching, are cached, under a canonical hash of the request (:func:`request_key`); the
+Redis side lives in :mod:`processors.fleet`. Identical requests in flight in this worker
+at the same moment are coalesced into one model call (:class:`Coalescer`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 import orjson
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from schemas import ChatMessage
 
@@ -35,47 +33,6 @@ def request_key(model: str, messages: list[ChatMessage], params: dict[str, Any])
         option=orjson.OPT_SORT_KEYS,
     )
     return hashlib.sha256(canonical).hexdigest()
-
-
-class ResponseCache:
-    """GET/SET of serialised replies under ``<prefix>:cache:<hash>`` with a TTL."""
-
-    def __init__(self, redis: Redis | None, prefix: str, ttl_seconds: int) -> None:
-        self._redis = redis
-        self._prefix = f"{prefix}:cache:"
-        self._ttl = ttl_seconds
-        self._degraded = False
-
-    async def get(self, key: str) -> bytes | None:
-        if self._redis is None:
-            return None
-        try:
-            value = await self._redis.get(self._prefix + key)
-        except (RedisError, OSError) as exc:
-            self._warn(exc)
-            return None
-        self._recovered()
-        return value if isinstance(value, bytes) else None
-
-    async def put(self, key: str, value: bytes) -> None:
-        if self._redis is None:
-            return
-        try:
-            await self._redis.set(self._prefix + key, value, ex=self._ttl)
-        except (RedisError, OSError) as exc:
-            self._warn(exc)
-            return
-        self._recovered()
-
-    def _warn(self, exc: BaseException) -> None:
-        if not self._degraded:
-            log.warning("Redis unavailable (%s): caching is off until it answers again", exc)
-            self._degraded = True
-
-    def _recovered(self) -> None:
-        if self._degraded:
-            log.info("Redis answers again: caching is back on")
-            self._degraded = False
 
 
 class Coalescer(Generic[T]):

@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import openai
 
-from processors.retry import Backoff, retry_after_seconds
+from processors.fleet.state import ProviderFeedback
+from processors.retry import Backoff, parse_duration, retry_after_seconds
 from schemas import ChatMessage, ErrorCode, PromptmillError, Usage
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,15 @@ class ModelReply:
     response_id: str | None
     attempts: int
     latency_ms: float
+    feedback: ProviderFeedback | None = None
+
+
+class Gate(Protocol):
+    """Admission to the provider: the fleet's rate limits (:class:`processors.fleet.Ticket`)."""
+
+    async def admit(self, attempt: int) -> None: ...
+
+    async def rate_limited(self, retry_after: float | None) -> None: ...
 
 
 class ModelClient:
@@ -53,12 +64,14 @@ class ModelClient:
         timeout: float = 60.0,
         max_attempts: int = 6,
         backoff: Backoff | None = None,
+        rate_limit_max_wait: float = 600.0,
     ) -> None:
         self._base_url = base_url
         self._api_key = api_key
         self._timeout = timeout
         self._max_attempts = max_attempts
         self._backoff = backoff or Backoff()
+        self._rate_limit_max_wait = rate_limit_max_wait
         self._client: openai.AsyncOpenAI | None = None
 
     async def start(self) -> None:
@@ -77,18 +90,34 @@ class ModelClient:
             self._client = None
 
     async def complete(
-        self, model: str, messages: list[ChatMessage], params: dict[str, Any]
+        self,
+        model: str,
+        messages: list[ChatMessage],
+        params: dict[str, Any],
+        gate: Gate | None = None,
     ) -> ModelReply:
-        """One completion, retried per policy; raises :class:`ModelCallError`."""
+        """One completion, retried per policy; raises :class:`ModelCallError`.
+
+        ``gate`` (the fleet's rate limits) is asked before every attempt and told of every
+        429; without one, 429s are waited out here. 429s are retried until
+        ``rate_limit_max_wait`` seconds have passed since the first; other retriable
+        errors until ``max_attempts`` attempts.
+        """
         if self._client is None:
             raise RuntimeError("ModelClient.complete() called before start()")
         wire: Any = [m.model_dump(exclude_none=True) for m in messages]
         started = time.monotonic()
-        for attempt in range(1, self._max_attempts + 1):
+        attempt = failures = 0
+        limited_since: float | None = None
+        while True:
+            attempt += 1
+            if gate is not None:
+                await gate.admit(attempt)
             try:
-                reply = await self._client.chat.completions.create(
+                raw = await self._client.chat.completions.with_raw_response.create(
                     model=model, messages=wire, **params
                 )
+                reply = raw.parse()
             except openai.APIStatusError as exc:
                 code, retriable = _classify_status(exc)
                 wait = retry_after_seconds(exc.response.headers) if retriable else None
@@ -104,21 +133,58 @@ class ModelClient:
                 code, retriable, wait = ErrorCode.MODEL_ERROR, True, None
                 error = f"{type(exc).__name__}: {exc}"
             else:
-                return _reply(reply, attempt, started)
-            if not retriable or attempt == self._max_attempts:
+                return _reply(reply, attempt, started, feedback_from(raw.headers))
+            if code is ErrorCode.RATE_LIMIT_EXHAUSTED:
+                now = time.monotonic()
+                limited_since = limited_since if limited_since is not None else now
+                if now - limited_since >= self._rate_limit_max_wait:
+                    raise ModelCallError(
+                        f"{error} (still rate limited after {now - limited_since:.0f} s, "
+                        f"{attempt} attempt(s))",
+                        code=code,
+                        retriable=True,
+                        attempts=attempt,
+                    )
+                if gate is not None:
+                    await gate.rate_limited(wait)  # the next admit waits, fleet-wide
+                else:
+                    await asyncio.sleep(self._backoff.delay(attempt, wait))
+                continue
+            failures += 1
+            if not retriable or failures >= self._max_attempts:
                 raise ModelCallError(
                     f"{error} (after {attempt} attempt(s))",
                     code=code,
                     retriable=retriable,
                     attempts=attempt,
                 )
-            delay = self._backoff.delay(attempt, wait)
+            delay = self._backoff.delay(failures, wait)
             log.debug("model attempt %d failed (%s); retrying in %.2fs", attempt, error, delay)
             await asyncio.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _reply(reply: Any, attempt: int, started: float) -> ModelReply:
+def feedback_from(headers: Mapping[str, str]) -> ProviderFeedback | None:
+    """The provider's ``x-ratelimit-*`` headers, if it sent any."""
+    if "x-ratelimit-remaining-requests" not in headers and (
+        "x-ratelimit-remaining-tokens" not in headers
+    ):
+        return None
+
+    def number(name: str) -> int | None:
+        value = headers.get(name)
+        return int(value) if value is not None and value.isdigit() else None
+
+    return ProviderFeedback(
+        remaining_requests=number("x-ratelimit-remaining-requests"),
+        reset_requests=parse_duration(headers.get("x-ratelimit-reset-requests")),
+        remaining_tokens=number("x-ratelimit-remaining-tokens"),
+        reset_tokens=parse_duration(headers.get("x-ratelimit-reset-tokens")),
+    )
+
+
+def _reply(
+    reply: Any, attempt: int, started: float, feedback: ProviderFeedback | None
+) -> ModelReply:
     if not getattr(reply, "choices", None):
         raise ModelCallError(
             "model answered without choices",
@@ -147,6 +213,7 @@ def _reply(reply: Any, attempt: int, started: float) -> ModelReply:
         response_id=reply.id,
         attempts=attempt,
         latency_ms=(time.monotonic() - started) * 1000.0,
+        feedback=feedback,
     )
 
 

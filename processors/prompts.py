@@ -16,7 +16,9 @@ from dataclasses import dataclass
 import orjson
 from pydantic import ValidationError
 
-from processors.cache import Coalescer, ResponseCache, request_key
+from processors.cache import Coalescer, request_key
+from processors.fleet import FleetState
+from processors.fleet.ticket import Ticket
 from processors.model import ModelCallError, ModelClient, ModelReply
 from processors.runtime import InRecord, Outcome
 from processors.templates import Renderer, TemplateStore
@@ -52,6 +54,7 @@ class PromptConfig:
     default_model: str
     max_prompt_tokens: int = 8192
     cache_enabled: bool = True
+    completion_estimate: int = 256  # tokens reserved when a job sets no max_tokens
 
 
 class PromptProcessor:
@@ -64,7 +67,7 @@ class PromptProcessor:
         catalog: TopicCatalog,
         templates: TemplateStore,
         model: ModelClient,
-        cache: ResponseCache,
+        fleet: FleetState,
         config: PromptConfig,
     ) -> None:
         self._completions = catalog.name(TopicKind.COMPLETIONS)
@@ -72,7 +75,7 @@ class PromptProcessor:
         self._templates = templates
         self._renderer = Renderer()
         self._model = model
-        self._cache = cache
+        self._fleet = fleet
         self._coalescer: Coalescer[tuple[ModelReply, bool]] = Coalescer()
         self._config = config
 
@@ -144,23 +147,37 @@ class PromptProcessor:
     async def _call(
         self, job: PromptJob, model: str, messages: list[ChatMessage], params: ModelParams
     ) -> tuple[ModelReply, bool]:
+        """The reply, and whether it came from the cache (or a call shared with another job)."""
         request = params.as_request()
         cacheable = self._config.cache_enabled and (
             job.cache if job.cache is not None else _deterministic(params)
         )
-        if not cacheable:
-            return await self._model.complete(model, messages, request), False
-        key = request_key(model, messages, request)
+        estimate = estimate_tokens(messages) + (
+            params.max_tokens or params.max_completion_tokens or self._config.completion_estimate
+        )
 
-        async def lookup_or_call() -> tuple[ModelReply, bool]:
-            hit = await self._cache.get(key)
-            if hit is not None:
-                return _reply_from_cache(hit), True
-            reply = await self._model.complete(model, messages, request)
-            await self._cache.put(key, _reply_to_cache(reply))
+        async def lookup_or_call(key: str | None) -> tuple[ModelReply, bool]:
+            found = await self._fleet.lookup(key, model, job.tenant, estimate)
+            if found.cached is not None:
+                return _reply_from_cache(found.cached), True
+            ticket = Ticket(self._fleet, model, job.tenant, estimate, found.wait)
+            reply = await self._model.complete(model, messages, request, gate=ticket)
+            await self._fleet.settle(
+                key,
+                _reply_to_cache(reply) if key else None,
+                model,
+                job.tenant,
+                refund_tokens=estimate - reply.usage.total_tokens
+                if reply.usage.total_tokens
+                else 0,
+                feedback=reply.feedback,
+            )
             return reply, False
 
-        (reply, from_cache), shared = await self._coalescer.run(key, lookup_or_call)
+        if not cacheable:
+            return await lookup_or_call(None)
+        key = request_key(model, messages, request)
+        (reply, from_cache), shared = await self._coalescer.run(key, lambda: lookup_or_call(key))
         return reply, from_cache or shared
 
     def _failure(
@@ -198,6 +215,11 @@ class PromptProcessor:
             headers=_headers(batch_id, job_id, failure.tenant),
             dead_letter=True,
         )
+
+
+def _refund(reserved: int, reply: ModelReply) -> int:
+    """Tokens to give back (or, negative, to charge) once the real usage is known."""
+    return reserved - reply.usage.total_tokens if reply.usage.total_tokens else 0
 
 
 def _deterministic(params: ModelParams) -> bool:

@@ -16,6 +16,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
+from processors.fleet.limits import Limit
 from schemas import PromptmillError
 
 
@@ -87,6 +88,15 @@ class Settings(BaseSettings):
     worker_session_timeout_ms: int = Field(default=10000, ge=1000)
     cache_enabled: bool = True
     cache_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=1)
+
+    # Rate limits (shared by the fleet in Redis)
+    model_limits: dict[str, Limit] = Field(default_factory=dict)
+    tenant_limits: dict[str, Limit] = Field(default_factory=dict)
+    rate_limit_burst_seconds: float = Field(default=1.0, gt=0, le=60)
+    rate_limit_local_share: float = Field(default=0.5, gt=0, le=1)
+    rate_limit_recovery_seconds: float = Field(default=5.0, ge=0)
+    rate_limit_max_wait_seconds: float = Field(default=600.0, gt=0)
+    completion_tokens_estimate: int = Field(default=256, ge=1)
 
     # Local stack and logging
     state_dir: Path = Path.home() / ".local" / "state" / "promptmill"

@@ -11,7 +11,8 @@ import socket
 
 from redis.asyncio import Redis
 
-from processors.cache import ResponseCache
+from processors.fleet import FleetState, LimitTable
+from processors.fleet.state import FleetConfig
 from processors.model import ModelClient
 from processors.prompts import PromptConfig, PromptProcessor
 from processors.retry import Backoff
@@ -39,17 +40,31 @@ async def worker(settings: Settings, args: argparse.Namespace) -> None:
         timeout=settings.model_timeout_seconds,
         max_attempts=settings.model_max_attempts,
         backoff=Backoff(settings.model_backoff_base_seconds, settings.model_backoff_max_seconds),
+        rate_limit_max_wait=settings.rate_limit_max_wait_seconds,
+    )
+    fleet = FleetState(
+        redis,
+        settings.redis_key_prefix,
+        LimitTable(
+            settings.model_limits, settings.tenant_limits, settings.rate_limit_burst_seconds
+        ),
+        FleetConfig(
+            cache_ttl_seconds=settings.cache_ttl_seconds,
+            local_share=settings.rate_limit_local_share,
+            recovery_seconds=settings.rate_limit_recovery_seconds,
+        ),
     )
     registry = TemplateRegistry(conn, catalog.name(TopicKind.TEMPLATES))
     processor = PromptProcessor(
         catalog,
         registry.store,
         model,
-        ResponseCache(redis, settings.redis_key_prefix, settings.cache_ttl_seconds),
+        fleet,
         PromptConfig(
             default_model=endpoint.default_model,
             max_prompt_tokens=settings.max_prompt_tokens,
             cache_enabled=settings.cache_enabled,
+            completion_estimate=settings.completion_tokens_estimate,
         ),
     )
     runtime = Worker(
@@ -77,6 +92,7 @@ async def worker(settings: Settings, args: argparse.Namespace) -> None:
     try:
         async with registry:
             await runtime.run()
+        log.info("redis round trips: %d for %d jobs", fleet.round_trips, runtime.stats.processed)
     finally:
         if redis is not None:
             await redis.aclose()

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
 
 import pytest
-from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 
-from processors.cache import Coalescer, ResponseCache, request_key
+from processors.cache import Coalescer, request_key
 from schemas import ChatMessage
 
 pytestmark = pytest.mark.timeout(10)
@@ -164,54 +160,3 @@ async def test_coalescer_follower_cancellation_does_not_cancel_the_call() -> Non
         await follower
     release.set()
     assert await leader == ("done", False)
-
-
-async def test_response_cache_without_redis_is_a_miss() -> None:
-    cache = ResponseCache(None, "pm-test", ttl_seconds=60)
-    await cache.put("key", b"value")
-    assert await cache.get("key") is None
-
-
-class FlakyRedis:
-    """Stands in for ``redis.asyncio.Redis``: a dict, or connection errors while ``down``."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-        self.expiry: dict[str, int] = {}
-        self.down = False
-
-    async def get(self, key: str) -> bytes | None:
-        if self.down:
-            raise RedisConnectionError("connection refused")
-        return self.data.get(key)
-
-    async def set(self, key: str, value: bytes, ex: int) -> Any:
-        if self.down:
-            raise RedisConnectionError("connection refused")
-        self.data[key] = value
-        self.expiry[key] = ex
-        return True
-
-
-async def test_response_cache_keys_ttl_and_degrades_to_a_miss(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    redis = FlakyRedis()
-    cache = ResponseCache(cast(Redis, redis), "pm-test", ttl_seconds=60)
-    await cache.put("abc", b"reply")
-    assert redis.data == {"pm-test:cache:abc": b"reply"}
-    assert redis.expiry == {"pm-test:cache:abc": 60}
-    assert await cache.get("abc") == b"reply"
-    assert await cache.get("missing") is None
-
-    redis.down = True
-    with caplog.at_level(logging.INFO, logger="processors.cache"):
-        assert await cache.get("abc") is None
-        await cache.put("def", b"other")
-        assert await cache.get("abc") is None
-        redis.down = False
-        assert await cache.get("abc") == b"reply"
-    messages = [r.message for r in caplog.records]
-    assert sum("Redis unavailable" in m for m in messages) == 1
-    assert sum("caching is back on" in m for m in messages) == 1
-    assert "pm-test:cache:def" not in redis.data

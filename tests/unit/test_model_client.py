@@ -206,24 +206,55 @@ async def test_rate_limit_honours_retry_after(make_client: ClientFactory, sim: S
     assert (await sim.stats())["rate_limited"] == refused + 1
 
 
-async def test_rate_limit_exhausted(make_client: ClientFactory, sim: Sim) -> None:
+async def test_429_waits_out_retry_after_then_succeeds(
+    make_client: ClientFactory, sim: Sim
+) -> None:
+    """A real 429 is retried after the provider's Retry-After, even with max_attempts=1."""
     await sim.config(rpm_limit=120)
-    client = await make_client(max_attempts=1)
-    await _drain_requests(sim)
-    error = await _fails(client, "over the limit")
-    assert (error.code, error.attempts, error.retriable) == (
-        ErrorCode.RATE_LIMIT_EXHAUSTED,
-        1,
-        True,
-    )
-    assert "HTTP 429: Rate limit reached for requests" in error.message
+    client = await make_client(max_attempts=1, rate_limit_max_wait=30)
+    wait = await _drain_requests(sim)
+    started = time.monotonic()
+    reply = await client.complete(MODEL, _user("over the limit"), {})
+    assert reply.attempts == 2
+    assert time.monotonic() - started >= wait * 0.9
+    assert (await sim.stats())["rate_limited"] >= 2
 
 
-async def test_persistent_429_exhausts_attempts(make_client: ClientFactory, sim: Sim) -> None:
-    client = await make_client(max_attempts=3)
+async def test_persistent_429_is_retried_until_the_wait_budget(
+    make_client: ClientFactory, sim: Sim
+) -> None:
+    client = await make_client(max_attempts=1, rate_limit_max_wait=0.2)
     error = await _fails(client, "[[sim:error=429]]")
-    assert (error.code, error.attempts) == (ErrorCode.RATE_LIMIT_EXHAUSTED, 3)
-    assert (await sim.stats())["errors"] == 3
+    assert error.code is ErrorCode.RATE_LIMIT_EXHAUSTED and error.retriable
+    assert error.attempts >= 2  # max_attempts bounds other errors, not 429s
+    assert "still rate limited after" in error.message
+    assert (await sim.stats())["errors"] == error.attempts
+
+
+async def test_gate_is_asked_before_every_attempt_and_told_of_429s(
+    make_client: ClientFactory, sim: Sim
+) -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.admitted: list[int] = []
+            self.limited: list[float | None] = []
+
+        async def admit(self, attempt: int) -> None:
+            self.admitted.append(attempt)
+
+        async def rate_limited(self, retry_after: float | None) -> None:
+            self.limited.append(retry_after)
+            if len(self.limited) == 2:
+                await sim.config(rpm_limit=0)  # the provider recovers
+
+    await sim.config(rpm_limit=60)
+    await _drain_requests(sim)
+    gate = Recorder()
+    client = await make_client(rate_limit_max_wait=30)
+    reply = await client.complete(MODEL, _user("hello"), {}, gate=gate)
+    assert gate.admitted == [1, 2, 3] and len(gate.limited) == 2
+    assert all(r is not None and r > 0 for r in gate.limited)  # Retry-After was read
+    assert reply.attempts == 3
 
 
 async def test_start_stop_lifecycle(sim: Sim) -> None:

@@ -1,0 +1,105 @@
+"""The Redis Lua scripts: :mod:`processors.fleet.gcra`'s math, atomic for the whole fleet.
+
+Every script reads the clock with ``TIME`` on the Redis server, so workers on machines
+with skewed clocks still share one timeline. The prelude defines what all three need.
+"""
+
+from __future__ import annotations
+
+PRELUDE = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
+local function factor_of(ctl, recovery)
+  local f0 = tonumber(ctl[1]) or 1
+  if f0 >= 1 then return 1 end
+  local climbed = 1
+  if recovery > 0 then climbed = (now - (tonumber(ctl[2]) or 0)) / recovery end
+  if climbed < 0 then climbed = 0 end
+  return math.min(1, f0 + (1 - f0) * climbed)
+end
+local function store(key, tat)
+  local ttl = math.max(1, math.ceil(tat - now)) + 60000
+  redis.call('SET', key, string.format('%.3f', tat), 'PX', ttl)
+end
+"""
+
+# KEYS: cache key, control key, bucket keys...
+# ARGV: use_cache, recovery_ms, then per bucket: interval_ms, tolerance_ms, cost, adaptive
+ACQUIRE = (
+    PRELUDE
+    + """
+if ARGV[1] == '1' then
+  local hit = redis.call('GET', KEYS[1])
+  if hit then return {1, hit} end
+end
+local n = #KEYS - 2
+if n == 0 then return {0, '0'} end
+local ctl = redis.call('HMGET', KEYS[2], 'f0', 'pts', 'pause')
+local factor = factor_of(ctl, tonumber(ARGV[2]))
+local send = math.max(now, tonumber(ctl[3]) or 0)
+local tats, intervals, costs = {}, {}, {}
+for i = 1, n do
+  local base = 2 + (i - 1) * 4
+  local interval = tonumber(ARGV[base + 1])
+  local tolerance = tonumber(ARGV[base + 2])
+  local cost = tonumber(ARGV[base + 3])
+  if ARGV[base + 4] == '1' then interval = interval / factor end
+  local tat = tonumber(redis.call('GET', KEYS[2 + i])) or now
+  local amount = cost * interval
+  local earliest = tat
+  if amount <= tolerance then earliest = tat + amount - tolerance end
+  if earliest > send then send = earliest end
+  tats[i], intervals[i], costs[i] = tat, interval, cost
+end
+for i = 1, n do
+  store(KEYS[2 + i], math.max(tats[i], send) + costs[i] * intervals[i])
+end
+return {0, string.format('%.3f', send - now)}
+"""
+)
+
+# KEYS: control key, bucket keys...
+# ARGV: recovery_ms, pause_ms, then per bucket: interval_ms, refund_units, adaptive
+SETTLE = (
+    PRELUDE
+    + """
+local ctl = redis.call('HMGET', KEYS[1], 'f0', 'pts', 'pause')
+local factor = factor_of(ctl, tonumber(ARGV[1]))
+for i = 2, #KEYS do
+  local base = 2 + (i - 2) * 3
+  local tat = tonumber(redis.call('GET', KEYS[i]))
+  if tat then
+    local interval = tonumber(ARGV[base + 1])
+    if ARGV[base + 3] == '1' then interval = interval / factor end
+    store(KEYS[i], tat - tonumber(ARGV[base + 2]) * interval)
+  end
+end
+local pause = tonumber(ARGV[2])
+if pause > 0 then
+  local until_ms = math.max(tonumber(ctl[3]) or 0, now + pause)
+  redis.call('HSET', KEYS[1], 'pause', string.format('%.3f', until_ms))
+  redis.call('PEXPIRE', KEYS[1], math.ceil(until_ms - now) + 60000)
+end
+return 1
+"""
+)
+
+# KEYS: control key
+# ARGV: retry_after_ms, recovery_ms, min_factor, debounce_ms
+PENALIZE = (
+    PRELUDE
+    + """
+local ctl = redis.call('HMGET', KEYS[1], 'f0', 'pts', 'pause')
+local recovery = tonumber(ARGV[2])
+local f0, pts = tonumber(ctl[1]) or 1, tonumber(ctl[2]) or 0
+if now - pts >= tonumber(ARGV[4]) then
+  f0 = math.max(tonumber(ARGV[3]), factor_of(ctl, recovery) * 0.5)
+  pts = now
+end
+local pause = math.max(tonumber(ctl[3]) or 0, now + tonumber(ARGV[1]))
+redis.call('HSET', KEYS[1], 'f0', tostring(f0), 'pts', string.format('%.3f', pts),
+           'pause', string.format('%.3f', pause))
+redis.call('PEXPIRE', KEYS[1], math.ceil(pause - now + recovery) + 60000)
+return tostring(f0)
+"""
+)

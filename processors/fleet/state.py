@@ -1,0 +1,222 @@
+"""FleetState: the response cache and the rate limits, shared by every worker in Redis.
+
+Per job it costs at most two Redis round trips: one script call that looks the request
+up in the cache and, on a miss, reserves its send time in every bucket it must pass
+(model requests/tokens per minute, tenant quota); and one pipelined call that stores the
+answer and trues up the token reservation with the real ``usage``. Retries after 429s
+reserve again and slow the whole fleet (see :mod:`processors.fleet.gcra`).
+
+When Redis does not answer, the worker keeps going: no cache, and the same buckets held
+in-process at ``local_share`` of the limits; it warns once, and tries Redis again every
+``retry_redis_seconds``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from processors.fleet import scripts
+from processors.fleet.gcra import Charge, LocalBuckets
+from processors.fleet.limits import BucketSpec, LimitTable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A cached answer, or how long to wait before sending the request."""
+
+    cached: bytes | None
+    wait: float = 0.0
+
+
+@dataclass(frozen=True)
+class ProviderFeedback:
+    """What the provider's ``x-ratelimit-*`` headers said after a call."""
+
+    remaining_requests: int | None = None
+    reset_requests: float | None = None
+    remaining_tokens: int | None = None
+    reset_tokens: float | None = None
+
+    def pause_seconds(self) -> float:
+        """How long the fleet should hold off because the provider's bucket is empty."""
+        pause = 0.0
+        if self.remaining_requests == 0 and self.reset_requests:
+            pause = self.reset_requests
+        if self.remaining_tokens == 0 and self.reset_tokens:
+            pause = max(pause, self.reset_tokens)
+        return pause
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    cache_ttl_seconds: int = 7 * 24 * 3600
+    local_share: float = 0.5
+    recovery_seconds: float = 5.0
+    min_factor: float = 0.05
+    debounce_seconds: float = 1.0
+    retry_redis_seconds: float = 2.0
+
+
+class FleetState:
+    """Cache lookups and rate-limit reservations, one round trip each way."""
+
+    def __init__(
+        self, redis: Redis | None, prefix: str, limits: LimitTable, config: FleetConfig
+    ) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._limits = limits
+        self._config = config
+        self._local = LocalBuckets()
+        self._down_since: float | None = None
+        self.round_trips = 0
+        if redis is not None:
+            self._acquire = redis.register_script(scripts.ACQUIRE)
+            self._settle = redis.register_script(scripts.SETTLE)
+            self._penalize = redis.register_script(scripts.PENALIZE)
+
+    async def lookup(self, cache_key: str | None, model: str, tenant: str, tokens: int) -> Lookup:
+        """The cached answer for ``cache_key``, or a reservation for one model call."""
+        buckets = self._limits.buckets(self._prefix, model, tenant)
+        if (cache_key is None and not buckets) or not self._use_redis():
+            return Lookup(None, self._reserve_locally(model, buckets, tokens))
+        keys = [self._cache(cache_key), self._control(model)] + [s.key for s, _ in buckets]
+        args: list[Any] = ["1" if cache_key else "0", self._recovery_ms]
+        for spec, counts in buckets:
+            cost = 1 if counts == "requests" else tokens
+            args += [spec.interval_ms, spec.tolerance_ms, cost, int(spec.adaptive)]
+        try:
+            self.round_trips += 1
+            hit, value = await self._acquire(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            self._went_down(exc)
+            return Lookup(None, self._reserve_locally(model, buckets, tokens))
+        self._came_back()
+        if hit == 1:
+            return Lookup(value)
+        return Lookup(None, max(0.0, float(value) / 1000.0))
+
+    async def reserve(self, model: str, tenant: str, tokens: int) -> float:
+        """Seconds to wait before one more call (a retry)."""
+        return (await self.lookup(None, model, tenant, tokens)).wait
+
+    async def settle(
+        self,
+        cache_key: str | None,
+        value: bytes | None,
+        model: str,
+        tenant: str,
+        refund_tokens: int,
+        feedback: ProviderFeedback | None,
+    ) -> None:
+        """Store the answer and true up the token reservation (one pipelined round trip)."""
+        buckets = [
+            (s, c) for s, c in self._limits.buckets(self._prefix, model, tenant) if c == "tokens"
+        ]
+        pause = feedback.pause_seconds() if feedback else 0.0
+        store = cache_key is not None and value is not None
+        if not store and not buckets and not pause:
+            return
+        if not self._use_redis():
+            for spec, _ in buckets:
+                self._local.refund(
+                    spec.key, refund_tokens, spec.interval_ms / self._config.local_share
+                )
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:  # type: ignore[union-attr]
+                if store:
+                    pipe.set(self._cache(cache_key), value, ex=self._config.cache_ttl_seconds)  # type: ignore[arg-type]
+                if buckets or pause:
+                    args: list[Any] = [self._recovery_ms, pause * 1000.0]
+                    for spec, _ in buckets:
+                        args += [spec.interval_ms, refund_tokens, int(spec.adaptive)]
+                    keys = [self._control(model)] + [s.key for s, _ in buckets]
+                    await self._settle(keys=keys, args=args, client=pipe)
+                self.round_trips += 1
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._went_down(exc)
+
+    async def penalize(self, model: str, retry_after: float | None) -> None:
+        """The provider answered 429: slow the whole fleet and pause it for Retry-After."""
+        wait_ms = (retry_after if retry_after is not None else 1.0) * 1000.0
+        cfg = self._config
+        if self._use_redis():
+            try:
+                self.round_trips += 1
+                await self._penalize(
+                    keys=[self._control(model)],
+                    args=[wait_ms, self._recovery_ms, cfg.min_factor, cfg.debounce_seconds * 1000],
+                )
+                return
+            except (RedisError, OSError) as exc:
+                self._went_down(exc)
+        self._local.control(self._control(model)).penalize(
+            _now_ms(), wait_ms, self._recovery_ms, cfg.min_factor, cfg.debounce_seconds * 1000
+        )
+
+    @property
+    def _recovery_ms(self) -> float:
+        return self._config.recovery_seconds * 1000.0
+
+    def _cache(self, key: str | None) -> str:
+        return f"{self._prefix}:cache:{key or '-'}"
+
+    def _control(self, model: str) -> str:
+        return f"{self._prefix}:rl:model:{model}:ctl"
+
+    def _reserve_locally(
+        self, model: str, buckets: list[tuple[BucketSpec, str]], tokens: int
+    ) -> float:
+        if not buckets:
+            return 0.0
+        share = self._config.local_share
+        charges = [
+            Charge(
+                s.interval_ms / share,
+                s.tolerance_ms / share,
+                1 if counts == "requests" else tokens,
+                s.adaptive,
+            )
+            for s, counts in buckets
+        ]
+        now = _now_ms()
+        send = self._local.reserve(
+            [s.key for s, _ in buckets], charges, self._control(model), now, self._recovery_ms
+        )
+        return max(0.0, (send - now) / 1000.0)
+
+    def _use_redis(self) -> bool:
+        if self._redis is None:
+            return False
+        if self._down_since is None:
+            return True
+        return time.monotonic() - self._down_since >= self._config.retry_redis_seconds
+
+    def _went_down(self, exc: BaseException) -> None:
+        if self._down_since is None:
+            log.warning(
+                "Redis unavailable (%s): no cache, rate limits held locally at %.0f%% until it "
+                "answers again",
+                exc,
+                self._config.local_share * 100,
+            )
+        self._down_since = time.monotonic()
+
+    def _came_back(self) -> None:
+        if self._down_since is not None:
+            log.info("Redis answers again: shared cache and rate limits are back")
+            self._down_since = None
+
+
+def _now_ms() -> float:
+    return time.time() * 1000.0
