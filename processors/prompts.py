@@ -12,6 +12,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import orjson
 from pydantic import ValidationError
@@ -55,6 +56,9 @@ class PromptConfig:
     max_prompt_tokens: int = 8192
     cache_enabled: bool = True
     completion_estimate: int = 256  # tokens reserved when a job sets no max_tokens
+    # what the provider meters: "prompt" (prompt + max_tokens at admission, as OpenAI does:
+    # only the prompt estimate is corrected) or "usage" (the real total is what counts)
+    true_up: Literal["prompt", "usage"] = "prompt"
 
 
 class PromptProcessor:
@@ -152,7 +156,8 @@ class PromptProcessor:
         cacheable = self._config.cache_enabled and (
             job.cache if job.cache is not None else _deterministic(params)
         )
-        estimate = estimate_tokens(messages) + (
+        prompt_estimate = estimate_tokens(messages)
+        estimate = prompt_estimate + (
             params.max_tokens or params.max_completion_tokens or self._config.completion_estimate
         )
 
@@ -160,7 +165,7 @@ class PromptProcessor:
             found = await self._fleet.lookup(key, model, job.tenant, estimate)
             if found.cached is not None:
                 return _reply_from_cache(found.cached), True
-            ticket = Ticket(self._fleet, model, job.tenant, estimate, found.wait)
+            ticket = Ticket(self._fleet, model, job.tenant, estimate, found)
             reply = await self._model.complete(model, messages, request, gate=ticket)
             await self._fleet.settle(
                 key,
@@ -179,6 +184,15 @@ class PromptProcessor:
         key = request_key(model, messages, request)
         (reply, from_cache), shared = await self._coalescer.run(key, lambda: lookup_or_call(key))
         return reply, from_cache or shared
+
+    def _refund(self, prompt_estimate: int, reserved: int, reply: ModelReply) -> int:
+        """Tokens to give back (or, negative, to charge) once the real usage is known."""
+        usage = reply.usage
+        if not usage.total_tokens:
+            return 0
+        if self._config.true_up == "usage":
+            return reserved - usage.total_tokens
+        return prompt_estimate - usage.prompt_tokens
 
     def _failure(
         self,
@@ -215,11 +229,6 @@ class PromptProcessor:
             headers=_headers(batch_id, job_id, failure.tenant),
             dead_letter=True,
         )
-
-
-def _refund(reserved: int, reply: ModelReply) -> int:
-    """Tokens to give back (or, negative, to charge) once the real usage is known."""
-    return reserved - reply.usage.total_tokens if reply.usage.total_tokens else 0
 
 
 def _deterministic(params: ModelParams) -> bool:

@@ -94,9 +94,10 @@ class Settings(BaseSettings):
     tenant_limits: dict[str, Limit] = Field(default_factory=dict)
     rate_limit_burst_seconds: float = Field(default=1.0, gt=0, le=60)
     rate_limit_local_share: float = Field(default=0.5, gt=0, le=1)
-    rate_limit_recovery_seconds: float = Field(default=5.0, ge=0)
+    rate_limit_recovery_seconds: float = Field(default=3.0, ge=0)
     rate_limit_max_wait_seconds: float = Field(default=600.0, gt=0)
     completion_tokens_estimate: int = Field(default=256, ge=1)
+    rate_limit_true_up: Literal["prompt", "usage"] = "prompt"
 
     # Local stack and logging
     state_dir: Path = Path.home() / ".local" / "state" / "promptmill"

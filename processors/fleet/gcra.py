@@ -60,8 +60,14 @@ def reserve(
     now_ms: float,
     control: Control,
     recovery_ms: float,
-) -> tuple[float, list[float]]:
-    """(send time, new TATs) for one request across ``charges``."""
+    horizon_ms: float = float("inf"),
+) -> tuple[float, list[float] | None]:
+    """(send time, new TATs) for one request across ``charges``.
+
+    A send time further than ``horizon_ms`` ahead is not reserved (new TATs ``None``):
+    the caller comes back at ``send - horizon``. Reservations far ahead would hold
+    requests to a rate the provider may have long recovered from.
+    """
     factor = control.factor(now_ms, recovery_ms)
     send = max(now_ms, control.pause_until_ms)
     intervals = [c.interval_ms / factor if c.adaptive else c.interval_ms for c in charges]
@@ -72,6 +78,8 @@ def reserve(
             current + amount - charge.tolerance_ms if amount <= charge.tolerance_ms else current
         )
         send = max(send, earliest)
+    if send - now_ms > horizon_ms:
+        return send, None
     new = [
         max(now_ms if tat is None else tat, send) + charge.cost * interval
         for tat, charge, interval in zip(tats, charges, intervals, strict=True)
@@ -84,6 +92,7 @@ class LocalBuckets:
 
     def __init__(self) -> None:
         self._tats: dict[str, float] = {}
+        self._last: dict[str, float] = {}  # latest send reserved per bucket
         self._controls: dict[str, Control] = {}
 
     def control(self, key: str) -> Control:
@@ -96,13 +105,20 @@ class LocalBuckets:
         control_key: str,
         now_ms: float,
         recovery_ms: float,
-    ) -> float:
-        """Reserve and return the send time (ms)."""
+        horizon_ms: float = float("inf"),
+    ) -> tuple[float, bool]:
+        """(send time in ms, whether it was reserved); see :func:`reserve`."""
         tats = [self._tats.get(k) for k in keys]
-        send, new = reserve(tats, charges, now_ms, self.control(control_key), recovery_ms)
+        control = self.control(control_key)
+        send, new = reserve(tats, charges, now_ms, control, recovery_ms, horizon_ms)
+        if new is None:
+            return send, False
         self._tats.update(zip(keys, new, strict=True))
-        return send
+        self._last.update((key, send) for key in keys)
+        return send, True
 
     def refund(self, key: str, units: float, interval_ms: float) -> None:
+        """Give back (or, negative, charge) ``units``; never behind a send already reserved,
+        so that sends stay in reservation order and windows keep within the limit."""
         if key in self._tats:
-            self._tats[key] -= units * interval_ms
+            self._tats[key] = max(self._last[key], self._tats[key] - units * interval_ms)

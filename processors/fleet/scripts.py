@@ -17,14 +17,19 @@ local function factor_of(ctl, recovery)
   if climbed < 0 then climbed = 0 end
   return math.min(1, f0 + (1 - f0) * climbed)
 end
-local function store(key, tat)
-  local ttl = math.max(1, math.ceil(tat - now)) + 60000
-  redis.call('SET', key, string.format('%.3f', tat), 'PX', ttl)
+local function load(key)
+  local state = redis.call('HMGET', key, 'tat', 'last')
+  return tonumber(state[1]), tonumber(state[2]) or 0
+end
+local function store(key, tat, last)
+  redis.call('HSET', key, 'tat', string.format('%.3f', tat), 'last', string.format('%.3f', last))
+  redis.call('PEXPIRE', key, math.max(1, math.ceil(tat - now)) + 60000)
 end
 """
 
 # KEYS: cache key, control key, bucket keys...
-# ARGV: use_cache, recovery_ms, then per bucket: interval_ms, tolerance_ms, cost, adaptive
+# ARGV: use_cache, recovery_ms, horizon_ms, then per bucket: interval_ms, tolerance_ms, cost,
+# adaptive. Returns {1, cached} | {0, wait_ms, send_ms} (reserved) | {2, come_back_ms}.
 ACQUIRE = (
     PRELUDE
     + """
@@ -33,28 +38,33 @@ if ARGV[1] == '1' then
   if hit then return {1, hit} end
 end
 local n = #KEYS - 2
-if n == 0 then return {0, '0'} end
+if n == 0 then return {0, '0', string.format('%.3f', now)} end
 local ctl = redis.call('HMGET', KEYS[2], 'f0', 'pts', 'pause')
 local factor = factor_of(ctl, tonumber(ARGV[2]))
 local send = math.max(now, tonumber(ctl[3]) or 0)
 local tats, intervals, costs = {}, {}, {}
 for i = 1, n do
-  local base = 2 + (i - 1) * 4
+  local base = 3 + (i - 1) * 4
   local interval = tonumber(ARGV[base + 1])
   local tolerance = tonumber(ARGV[base + 2])
   local cost = tonumber(ARGV[base + 3])
   if ARGV[base + 4] == '1' then interval = interval / factor end
-  local tat = tonumber(redis.call('GET', KEYS[2 + i])) or now
+  local tat, last = load(KEYS[2 + i])
+  tat = tat or now
   local amount = cost * interval
   local earliest = tat
   if amount <= tolerance then earliest = tat + amount - tolerance end
   if earliest > send then send = earliest end
   tats[i], intervals[i], costs[i] = tat, interval, cost
 end
-for i = 1, n do
-  store(KEYS[2 + i], math.max(tats[i], send) + costs[i] * intervals[i])
+local horizon = tonumber(ARGV[3])
+if send - now > horizon then
+  return {2, string.format('%.3f', send - now - horizon)}
 end
-return {0, string.format('%.3f', send - now)}
+for i = 1, n do
+  store(KEYS[2 + i], math.max(tats[i], send) + costs[i] * intervals[i], send)
+end
+return {0, string.format('%.3f', send - now), string.format('%.3f', send)}
 """
 )
 
@@ -67,11 +77,12 @@ local ctl = redis.call('HMGET', KEYS[1], 'f0', 'pts', 'pause')
 local factor = factor_of(ctl, tonumber(ARGV[1]))
 for i = 2, #KEYS do
   local base = 2 + (i - 2) * 3
-  local tat = tonumber(redis.call('GET', KEYS[i]))
+  local tat, last = load(KEYS[i])
   if tat then
     local interval = tonumber(ARGV[base + 1])
     if ARGV[base + 3] == '1' then interval = interval / factor end
-    store(KEYS[i], tat - tonumber(ARGV[base + 2]) * interval)
+    -- never behind a send already reserved: sends stay in reservation order
+    store(KEYS[i], math.max(last, tat - tonumber(ARGV[base + 2]) * interval), last)
   end
 end
 local pause = tonumber(ARGV[2])

@@ -18,7 +18,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from processors.fleet import scripts
@@ -30,10 +32,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Lookup:
-    """A cached answer, or how long to wait before sending the request."""
+    """A cached answer; or a reservation (send after ``wait`` seconds, at ``send_at``, epoch
+    seconds); or, when ``reserved`` is false, the limits are booked further ahead than the
+    horizon: ask again after ``wait`` seconds."""
 
     cached: bytes | None
     wait: float = 0.0
+    reserved: bool = True
+    send_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -59,10 +65,11 @@ class ProviderFeedback:
 class FleetConfig:
     cache_ttl_seconds: int = 7 * 24 * 3600
     local_share: float = 0.5
-    recovery_seconds: float = 5.0
+    recovery_seconds: float = 3.0
     min_factor: float = 0.05
     debounce_seconds: float = 1.0
     retry_redis_seconds: float = 2.0
+    horizon_seconds: float = 2.0
 
 
 class FleetState:
@@ -87,26 +94,33 @@ class FleetState:
         """The cached answer for ``cache_key``, or a reservation for one model call."""
         buckets = self._limits.buckets(self._prefix, model, tenant)
         if (cache_key is None and not buckets) or not self._use_redis():
-            return Lookup(None, self._reserve_locally(model, buckets, tokens))
+            return self._reserve_locally(model, buckets, tokens)
         keys = [self._cache(cache_key), self._control(model)] + [s.key for s, _ in buckets]
-        args: list[Any] = ["1" if cache_key else "0", self._recovery_ms]
+        args: list[Any] = [
+            "1" if cache_key else "0",
+            self._recovery_ms,
+            self._config.horizon_seconds * 1000,
+        ]
         for spec, counts in buckets:
             cost = 1 if counts == "requests" else tokens
             args += [spec.interval_ms, spec.tolerance_ms, cost, int(spec.adaptive)]
         try:
             self.round_trips += 1
-            hit, value = await self._acquire(keys=keys, args=args)
+            answer = await self._acquire(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             self._went_down(exc)
-            return Lookup(None, self._reserve_locally(model, buckets, tokens))
+            return self._reserve_locally(model, buckets, tokens)
         self._came_back()
-        if hit == 1:
-            return Lookup(value)
-        return Lookup(None, max(0.0, float(value) / 1000.0))
+        if answer[0] == 1:
+            return Lookup(answer[1])
+        wait = max(0.0, float(answer[1]) / 1000.0)
+        if answer[0] == 2:
+            return Lookup(None, wait, reserved=False)
+        return Lookup(None, wait, send_at=float(answer[2]) / 1000.0)
 
-    async def reserve(self, model: str, tenant: str, tokens: int) -> float:
-        """Seconds to wait before one more call (a retry)."""
-        return (await self.lookup(None, model, tenant, tokens)).wait
+    async def reserve(self, model: str, tenant: str, tokens: int) -> Lookup:
+        """A reservation for one more call (a retry), or when to ask again."""
+        return await self.lookup(None, model, tenant, tokens)
 
     async def settle(
         self,
@@ -176,9 +190,9 @@ class FleetState:
 
     def _reserve_locally(
         self, model: str, buckets: list[tuple[BucketSpec, str]], tokens: int
-    ) -> float:
+    ) -> Lookup:
         if not buckets:
-            return 0.0
+            return Lookup(None)
         share = self._config.local_share
         charges = [
             Charge(
@@ -190,10 +204,18 @@ class FleetState:
             for s, counts in buckets
         ]
         now = _now_ms()
-        send = self._local.reserve(
-            [s.key for s, _ in buckets], charges, self._control(model), now, self._recovery_ms
+        send, reserved = self._local.reserve(
+            [s.key for s, _ in buckets],
+            charges,
+            self._control(model),
+            now,
+            self._recovery_ms,
+            self._config.horizon_seconds * 1000,
         )
-        return max(0.0, (send - now) / 1000.0)
+        if not reserved:
+            horizon = self._config.horizon_seconds
+            return Lookup(None, max(0.0, (send - now) / 1000.0 - horizon), reserved=False)
+        return Lookup(None, max(0.0, (send - now) / 1000.0), send_at=send / 1000.0)
 
     def _use_redis(self) -> bool:
         if self._redis is None:
@@ -220,3 +242,18 @@ class FleetState:
 
 def _now_ms() -> float:
     return time.time() * 1000.0
+
+
+def connect_redis(url: str, *, max_connections: int = 32, timeout: float = 2.0) -> Redis:
+    """A Redis client sized for a worker: a bounded pool that makes callers wait for a free
+    connection (instead of failing past its size), short timeouts, and one transparent
+    retry of a command whose pooled connection went stale (for instance after a restart)."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
+    )
+    return Redis.from_pool(pool)

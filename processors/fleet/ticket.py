@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
-from processors.fleet.state import FleetState
+from processors.fleet.state import FleetState, Lookup
+
+JITTER = 0.25  # of the come-back time, so that a crowd told to come back does not return in step
 
 
 class Ticket:
@@ -12,25 +15,32 @@ class Ticket:
     retry, and tells the fleet about the provider's 429s."""
 
     def __init__(
-        self, fleet: FleetState, model: str, tenant: str, tokens: int, first_wait: float
+        self, fleet: FleetState, model: str, tenant: str, tokens: int, first: Lookup
     ) -> None:
         self._fleet = fleet
         self._model = model
         self._tenant = tenant
         self.tokens = tokens
-        self._first_wait = first_wait
+        self._first: Lookup | None = first
         self.waited = 0.0  # seconds spent waiting for the limits
+        self._rng = random.Random()
 
     async def admit(self, attempt: int) -> None:
-        """Sleep until this attempt may be sent."""
-        wait = (
-            self._first_wait
-            if attempt == 1
-            else await self._fleet.reserve(self._model, self._tenant, self.tokens)
-        )
-        if wait > 0:
-            self.waited += wait
-            await asyncio.sleep(wait)
+        """Sleep until this attempt may be sent (reserving again as often as told to)."""
+        lookup = self._first or await self._reserve()
+        self._first = None
+        while not lookup.reserved:
+            await self._sleep(lookup.wait * (1 + self._rng.uniform(0, JITTER)))
+            lookup = await self._reserve()
+        await self._sleep(lookup.wait)
+
+    async def _reserve(self) -> Lookup:
+        return await self._fleet.reserve(self._model, self._tenant, self.tokens)
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self.waited += seconds
+            await asyncio.sleep(seconds)
 
     async def rate_limited(self, retry_after: float | None) -> None:
         await self._fleet.penalize(self._model, retry_after)

@@ -9,10 +9,8 @@ import os
 import signal
 import socket
 
-from redis.asyncio import Redis
-
 from processors.fleet import FleetState, LimitTable
-from processors.fleet.state import FleetConfig
+from processors.fleet.state import FleetConfig, connect_redis
 from processors.model import ModelClient
 from processors.prompts import PromptConfig, PromptProcessor
 from processors.retry import Backoff
@@ -31,9 +29,7 @@ async def worker(settings: Settings, args: argparse.Namespace) -> None:
     redis_url = app.redis_url(settings)
     if redis_url is None:
         log.warning("no Redis configured (REDIS_URL): running without the response cache")
-    redis = (
-        Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2) if redis_url else None
-    )
+    redis = connect_redis(redis_url) if redis_url else None
     model = ModelClient(
         endpoint.base_url,
         endpoint.api_key,
@@ -65,6 +61,7 @@ async def worker(settings: Settings, args: argparse.Namespace) -> None:
             max_prompt_tokens=settings.max_prompt_tokens,
             cache_enabled=settings.cache_enabled,
             completion_estimate=settings.completion_tokens_estimate,
+            true_up=settings.rate_limit_true_up,
         ),
     )
     runtime = Worker(

@@ -65,6 +65,9 @@ class SimConfig(BaseModel):
     malformed_rate: float = Field(0.0, ge=0, le=1, description="Share answered 200 non-JSON.")
     seed: int = Field(0, description="Seed of the random.Random used for fault draws.")
     models: list[str] = Field(default=["promptmill-sim"], description="Listed by /v1/models.")
+    storm: bool = Field(
+        False, description="While true, every generation request is answered 429 (a 429 storm)."
+    )
 
 
 @dataclass
@@ -131,6 +134,13 @@ class Simulator:
             message = context_length_message(prompt_tokens)
             code = "context_length_exceeded"
             return error_response(400, message, code=code, param=req.field)
+        if self.config.storm:
+            self.stats.rate_limited += 1
+            headers = {"retry-after": "1", "retry-after-ms": "1000"}
+            message = f"Rate limit reached for requests on {req.model} (simulated storm)."
+            return error_response(
+                429, message, type_="requests", code="rate_limit_exceeded", headers=headers
+            )
         admission = self.limiter.admit(prompt_tokens + req.max_tokens)
         if not admission.admitted:
             self.stats.rate_limited += 1

@@ -41,7 +41,9 @@ def test_saturating_requests_never_exceed_the_limit_in_any_window(limit: int) ->
     sends: list[tuple[float, float]] = []
     now = 0.0
     for _ in range(limit * 3):  # far more demand than the limit allows, all asking at once
-        send, (tat,) = reserve([tat], [_charge(spec, 1)], now, Control(), 5000)
+        send, new = reserve([tat], [_charge(spec, 1)], now, Control(), 5000)
+        assert new is not None
+        tat = new[0]
         sends.append((send, 1))
         now += 0.01
     assert _max_in_window(sends) <= limit
@@ -60,7 +62,9 @@ def test_variable_token_costs_stay_within_the_limit() -> None:
     now = 0.0
     for _ in range(2000):
         cost = rng.randint(50, 1500)  # below the burst of ~1,667 tokens
-        send, (tat,) = reserve([tat], [_charge(spec, cost)], now, Control(), 5000)
+        send, new = reserve([tat], [_charge(spec, cost)], now, Control(), 5000)
+        assert new is not None
+        tat = new[0]
         sends.append((send, float(cost)))
         now += rng.uniform(0, 5)
     assert _max_in_window(sends) <= 100_000
@@ -72,9 +76,9 @@ def test_several_buckets_reserve_one_send_time_that_fits_all() -> None:
     tats: list[float | None] = [None, None]
     sends = []
     for _ in range(200):
-        send, tats = reserve(  # type: ignore[assignment]
-            tats, [_charge(requests, 1), _charge(tokens, 90)], 0.0, Control(), 5000
-        )
+        send, new = reserve(tats, [_charge(requests, 1), _charge(tokens, 90)], 0.0, Control(), 5000)
+        assert new is not None
+        tats = list(new)
         sends.append(send)
     # 90 tokens a request at 6,000 tokens/min is the tighter limit: <= 66 a minute
     assert sum(1 for s in sends if s < WINDOW_MS) <= 6000 // 90
@@ -99,25 +103,25 @@ def test_a_429_halves_the_rate_pauses_and_recovers_linearly() -> None:
 def test_tenant_quotas_are_not_slowed_by_provider_429s() -> None:
     control = Control(factor_at_penalty=0.1, penalty_ms=0.0)
     spec = BucketSpec.for_limit("tenant", 600, 1.0, adaptive=False)
-    _, (tat,) = reserve([0.0], [_charge(spec, 1)], 0.0, control, 5000)
-    assert tat == pytest.approx(spec.interval_ms)
+    _, new = reserve([0.0], [_charge(spec, 1)], 0.0, control, 5000)
+    assert new is not None and new[0] == pytest.approx(spec.interval_ms)
 
 
 def test_refund_gives_back_overestimated_tokens() -> None:
     spec = BucketSpec.for_limit("k", 6000, 1.0, adaptive=False)
     small, large = _charge(spec, 100), _charge(spec, 3000)
     trued_up, baseline = LocalBuckets(), LocalBuckets()
-    assert trued_up.reserve(["k"], [small], "ctl", 0.0, 5000) == 0.0
-    assert trued_up.reserve(["k"], [large], "ctl", 0.0, 5000) > 0
+    assert trued_up.reserve(["k"], [small], "ctl", 0.0, 5000) == (0.0, True)
+    assert trued_up.reserve(["k"], [large], "ctl", 0.0, 5000)[0] > 0
     trued_up.refund("k", 3000, spec.interval_ms)  # the large request used nothing after all
     baseline.reserve(["k"], [small], "ctl", 0.0, 5000)
-    expected = baseline.reserve(["k"], [small], "ctl", 0.0, 5000)
-    assert trued_up.reserve(["k"], [small], "ctl", 0.0, 5000) == pytest.approx(expected)
+    expected, _ = baseline.reserve(["k"], [small], "ctl", 0.0, 5000)
+    assert trued_up.reserve(["k"], [small], "ctl", 0.0, 5000)[0] == pytest.approx(expected)
 
 
 async def test_fleet_state_without_redis_paces_locally_at_its_share() -> None:
     limits = LimitTable({"m": Limit(rpm=600)})
-    fleet = FleetState(None, "pm", limits, FleetConfig(local_share=0.5))
+    fleet = FleetState(None, "pm", limits, FleetConfig(local_share=0.5, horizon_seconds=60))
     waits = [(await fleet.lookup("cache-key", "m", "t", 10)).wait for _ in range(40)]
     assert all(w >= 0 for w in waits) and waits == sorted(waits)
     # 600/min at a 50% share is ~5 a second: 40 requests take ~8 seconds of reservations
@@ -125,6 +129,16 @@ async def test_fleet_state_without_redis_paces_locally_at_its_share() -> None:
     assert fleet.round_trips == 0
     unlimited = await fleet.lookup(None, "other-model", "t", 10)
     assert unlimited.cached is None and unlimited.wait == 0.0
+
+
+def test_no_reservation_beyond_the_horizon() -> None:
+    spec = BucketSpec.for_limit("k", 60, 1.0, adaptive=True)  # ~1 a second
+    buckets = LocalBuckets()
+    answers = [buckets.reserve(["k"], [_charge(spec, 1)], "c", 0.0, 5000, 2000) for _ in range(5)]
+    reserved = [send for send, ok in answers if ok]
+    assert reserved == [0.0, pytest.approx(60_000 / 59)]  # the next slot, 2.03 s, is too far
+    later = [send for send, ok in answers if not ok]
+    assert later and all(send > 2000 for send in later)
 
 
 def test_limit_table_picks_model_default_and_tenant_buckets() -> None:

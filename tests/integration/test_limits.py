@@ -1,0 +1,228 @@
+"""Fleet-wide rate limits against the real Redis server and the simulator's own limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from producers.results import ResultFollower
+from promptmill.dev.processes import free_port, wait_for_port
+from schemas import Completion, Failure
+from tests.integration.harness import ROOT, Env, sim_call, write_jsonl
+
+TEMPLATES = Path(__file__).parent / "templates"
+WINDOW = 60.0
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+ACQUIRER = """
+import asyncio, json, sys
+from redis.asyncio import Redis
+from processors.fleet import FleetState, Limit, LimitTable
+from processors.fleet.state import FleetConfig
+
+async def main(url, prefix, rpm, tpm, count, estimate, actual):
+    redis = Redis.from_url(url)
+    limits = LimitTable({"m": Limit(rpm=rpm or None, tpm=tpm or None)})
+    fleet = FleetState(redis, prefix, limits, FleetConfig(horizon_seconds=3600))
+    sends = []
+    for _ in range(count):
+        found = await fleet.lookup(None, "m", "t", estimate)
+        sends.append(found.send_at)
+        if actual != estimate:
+            await fleet.settle(None, None, "m", "t", estimate - actual, None)
+    await redis.aclose()
+    print(json.dumps(sends))
+
+asyncio.run(main(sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])))
+"""
+
+
+def _acquire_in_processes(redis_url: str, prefix: str, processes: int, *args: int) -> list[float]:
+    """Start ``processes`` Python processes that reserve concurrently; all send times."""
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", ACQUIRER, redis_url, prefix, *map(str, args)],
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        for _ in range(processes)
+    ]
+    sends: list[float] = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0
+        sends += json.loads(out)
+    return sorted(sends)
+
+
+def _most_in_any_window(sends: list[float], costs: float = 1.0) -> float:
+    best, start = 0, 0
+    for end, t in enumerate(sends):
+        while sends[start] <= t - WINDOW:
+            start += 1
+        best = max(best, end - start + 1)
+    return best * costs
+
+
+async def test_processes_acquiring_together_never_exceed_the_request_limit(env: Env) -> None:
+    sends = await asyncio.to_thread(
+        _acquire_in_processes, env.endpoints.redis_url, env.prefix, 4, 1200, 0, 400, 1, 1
+    )
+    assert len(sends) == 1600
+    assert _most_in_any_window(sends) <= 1200
+    first_minute = sum(1 for t in sends if t < sends[0] + WINDOW)
+    assert first_minute >= 0.95 * 1200  # and close to the limit, not timid
+
+
+async def test_true_up_corrects_estimates_and_tokens_stay_within_the_limit(env: Env) -> None:
+    # 60,000 tokens a minute. Each call reserves 1,000 tokens but uses 250: trued up, more fit
+    # than the 60 the estimates alone allow, and no window holds more than the limit.
+    over = await asyncio.to_thread(
+        _acquire_in_processes, env.endpoints.redis_url, env.prefix, 4, 0, 60_000, 100, 1000, 250
+    )
+    assert _most_in_any_window(over, costs=250) <= 60_000
+    assert sum(1 for t in over if t < over[0] + WINDOW) >= 100
+    # each reserves 250 but uses 1,000: the charge pushes later calls back (about 60 fit)
+    under = await asyncio.to_thread(
+        _acquire_in_processes,
+        env.endpoints.redis_url,
+        env.prefix + "u",
+        4,
+        0,
+        60_000,
+        60,
+        250,
+        1000,
+    )
+    assert sum(1 for t in under if t < under[0] + WINDOW) <= 60 + 4 * 2
+
+
+async def test_redis_stopped_mid_batch_and_started_again(env: Env, tmp_path: Path) -> None:
+    port_url, servers = await _private_redis(tmp_path)
+    try:
+        await env.push_templates(TEMPLATES)
+        jobs = write_jsonl(
+            tmp_path / "jobs.jsonl",
+            [{"template": "greet", "variables": {"who": f"n{i % 700}"}} for i in range(1500)],
+        )
+        batch = await env.submit(jobs)
+        worker = env.start_worker(
+            REDIS_URL=port_url,
+            PROMPTMILL_MODEL_LIMITS=orjson.dumps({"promptmill-sim": {"rpm": 6000}}).decode(),
+            PROMPTMILL_RATE_LIMIT_LOCAL_SHARE="0.5",
+        )
+        records, following = _follow(env, batch)
+        await _until(lambda: len(records) >= 300)
+        servers[-1].terminate()  # Redis goes away mid-batch
+        servers[-1].wait(10)
+        stopped_at = len(records)
+        await _until(lambda: len(records) >= stopped_at + 150)  # still processing, locally
+        servers.append(await _start_redis(tmp_path, port_url))  # and comes back
+        await asyncio.wait_for(following, 120)
+        assert len(records) == 1500
+        assert all(isinstance(r, Completion) for r in records.values())
+        log = worker.tail(400)
+        assert log.count("Redis unavailable") == 1, log
+        assert "Redis answers again" in log
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(10)
+
+
+async def test_a_10_second_429_storm_loses_nothing_and_throughput_recovers(
+    env: Env, tmp_path: Path
+) -> None:
+    rpm = 1200  # 20 a second, enforced by the simulator like a provider would
+    await env.push_templates(TEMPLATES)
+    await sim_call(env.endpoints.sim_url, "POST", "/sim/config", {"rpm_limit": rpm})
+    jobs = write_jsonl(
+        tmp_path / "jobs.jsonl",
+        [{"template": "greet", "variables": {"who": f"s{i}"}, "cache": False} for i in range(700)],
+    )
+    batch = await env.submit(jobs)
+    env.start_worker(
+        PROMPTMILL_MODEL_LIMITS=orjson.dumps({"promptmill-sim": {"rpm": rpm}}).decode(),
+    )
+    records, following = _follow(env, batch)
+    await _until(lambda: len(records) >= 100)
+    await sim_call(env.endpoints.sim_url, "POST", "/sim/config", {"storm": True})
+    await asyncio.sleep(10)
+    await sim_call(env.endpoints.sim_url, "POST", "/sim/config", {"storm": False})
+    storm_end = time.time()
+    await asyncio.wait_for(following, 120)
+
+    assert len(records) == 700
+    assert all(isinstance(r, Completion) for r in records.values())
+    done = sorted(r.created_at.timestamp() for r in records.values() if isinstance(r, Completion))
+    target = 0.95 * rpm / 60 * 4  # completions in a 4-second window at 95% of the limit
+    recovered = next(  # the first moment from which the next 4 seconds run at >= 95%
+        (t for t in done if t >= storm_end and sum(1 for u in done if t <= u < t + 4) >= target),
+        None,
+    )
+    assert recovered is not None, "throughput never came back to 95% of the limit"
+    print(f"back to >=95% of the limit {recovered - storm_end:.1f} s after the storm ended")
+    assert recovered - storm_end <= 6.0
+    stats = await sim_call(env.endpoints.sim_url, "GET", "/sim/stats")
+    assert stats["chat_completions"] >= 700
+
+
+def _follow(env: Env, batch: str) -> tuple[dict[str, Completion | Failure], asyncio.Task[None]]:
+    follower = ResultFollower(env.conn, env.catalog, batch)
+    records: dict[str, Completion | Failure] = {}
+
+    async def follow() -> None:
+        async for record in follower.records(follow=True):
+            records[record.job_id] = record
+
+    return records, asyncio.create_task(follow())
+
+
+async def _until(condition: Callable[[], bool], within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+async def _start_redis(tmp_path: Path, url: str) -> subprocess.Popen[bytes]:
+    return await asyncio.to_thread(_spawn_redis, tmp_path, url)
+
+
+def _spawn_redis(tmp_path: Path, url: str) -> subprocess.Popen[bytes]:
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    log = tmp_path / "redis.log"
+    with log.open("ab") as out:
+        server = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=out,
+            stderr=out,
+        )
+    wait_for_port("127.0.0.1", port, 10, server.pid, log)
+    return server
+
+
+async def _private_redis(tmp_path: Path) -> tuple[str, list[subprocess.Popen[bytes]]]:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    return url, [await _start_redis(tmp_path, url)]
