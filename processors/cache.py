@@ -47,15 +47,27 @@ class Coalescer(Generic[T]):
         self._linger = linger
 
     async def run(self, key: str, factory: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
-        """The factory's result, and whether it was shared from another caller's call."""
-        existing = self._inflight.get(key)
-        if existing is not None:
-            return await asyncio.shield(existing), True
+        """The factory's result, and whether it was shared from another caller's call.
+
+        If the caller running the shared call is cancelled (its partition was revoked, say),
+        the others do not fail with it: one of them runs the call again.
+        """
+        while (existing := self._inflight.get(key)) is not None:
+            try:
+                return await asyncio.shield(existing), True
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # this caller is being cancelled, not just the shared call
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._inflight[key] = future
         try:
             result = await factory()
+        except asyncio.CancelledError:
+            del self._inflight[key]
+            future.cancel()
+            raise
         except BaseException as exc:
             del self._inflight[key]
             future.set_exception(exc)

@@ -13,6 +13,7 @@ in-process at ``local_share`` of the limits; it warns once, and tries Redis agai
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -84,6 +85,7 @@ class FleetState:
         self._config = config
         self._local = LocalBuckets()
         self._down_since: float | None = None
+        self._lines: dict[tuple[str, str], asyncio.Lock] = {}
         self.round_trips = 0
         if redis is not None:
             self._acquire = redis.register_script(scripts.ACQUIRE)
@@ -117,6 +119,10 @@ class FleetState:
         if answer[0] == 2:
             return Lookup(None, wait, reserved=False)
         return Lookup(None, wait, send_at=float(answer[2]) / 1000.0)
+
+    def waiting_line(self, model: str, tenant: str) -> asyncio.Lock:
+        """This worker's FIFO line for jobs still waiting for a reservation."""
+        return self._lines.setdefault((model, tenant), asyncio.Lock())
 
     async def reserve(self, model: str, tenant: str, tokens: int) -> Lookup:
         """A reservation for one more call (a retry), or when to ask again."""

@@ -26,12 +26,19 @@ class Ticket:
         self._rng = random.Random()
 
     async def admit(self, attempt: int) -> None:
-        """Sleep until this attempt may be sent (reserving again as often as told to)."""
-        lookup = self._first or await self._reserve()
-        self._first = None
-        while not lookup.reserved:
-            await self._sleep(lookup.wait * (1 + self._rng.uniform(0, JITTER)))
-            lookup = await self._reserve()
+        """Sleep until this attempt may be sent.
+
+        Without a reservation yet, the job joins this worker's waiting line for its buckets:
+        only the head of the line asks Redis again (when told to), the others wait their
+        turn in order, so a saturated worker does not poll the limiter once per job.
+        """
+        lookup, self._first = self._first, None
+        if lookup is None or not lookup.reserved:
+            async with self._fleet.waiting_line(self._model, self._tenant):
+                lookup = lookup or await self._reserve()
+                while not lookup.reserved:
+                    await self._sleep(lookup.wait * (1 + self._rng.uniform(0, JITTER)))
+                    lookup = await self._reserve()
         await self._sleep(lookup.wait)
 
     async def _reserve(self) -> Lookup:

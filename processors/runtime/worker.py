@@ -225,18 +225,29 @@ class Worker:
         _, pending = await asyncio.wait(tasks, timeout=grace)
         if pending:
             log.warning(
-                "%d record(s) still in flight after %.0fs; not committing them",
+                "%d record(s) still in flight after %.1fs; giving them up uncommitted",
                 len(pending),
                 grace,
             )
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._wait_tasks(revoked, min(self._config.drain_seconds, 20.0))
+        # The broker drops a member that stays in this callback past its session timeout,
+        # and the group then rebalances again and again: wait at most half of it, then give
+        # the unfinished records up (uncommitted, the next owner processes them).
+        grace = min(self._config.drain_seconds, self._config.session_timeout_ms / 2000)
+        await self._wait_tasks(revoked, grace)
+        await self._cancel_tasks(revoked)
         await self._commit(only=revoked)
         for tp in revoked:
             self._tracker.forget(tp)
             self._committed.pop(tp, None)
         log.info("partitions revoked: %s", sorted(str(tp) for tp in revoked))
+
+    async def _cancel_tasks(self, tps: set[TopicPartition] | None) -> None:
+        tasks = [t for t, tp in self._tasks.items() if tps is None or tp in tps]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         for tp in assigned:
@@ -245,7 +256,5 @@ class Worker:
 
     async def _drain(self) -> None:
         await self._wait_tasks(None, self._config.drain_seconds)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._cancel_tasks(None)
         await self._commit()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from promptmill.dev.harness import Endpoints, Env, sim_call
 from promptmill.dev.stack import down, up
-from tests.integration.harness import Endpoints, Env, sim_call
 
 CACHE_DIR = Path(os.environ.get("PROMPTMILL_CACHE_DIR", Path.home() / ".cache" / "promptmill"))
 

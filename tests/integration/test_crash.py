@@ -12,8 +12,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from producers.results import ResultFollower
+from promptmill.dev.harness import Env, sim_call, write_jsonl
 from schemas import Completion, Failure
-from tests.integration.harness import Env, sim_call, write_jsonl
 from topics import ConsumerGroup, TopicKind
 from topics.partitions import topic_partitions
 

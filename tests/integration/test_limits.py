@@ -15,9 +15,9 @@ import orjson
 import pytest
 
 from producers.results import ResultFollower
+from promptmill.dev.harness import ROOT, Env, sim_call, write_jsonl
 from promptmill.dev.processes import free_port, wait_for_port
 from schemas import Completion, Failure
-from tests.integration.harness import ROOT, Env, sim_call, write_jsonl
 
 TEMPLATES = Path(__file__).parent / "templates"
 WINDOW = 60.0

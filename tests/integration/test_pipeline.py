@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from promptmill.dev.harness import Env, sim_call, write_jsonl
 from schemas import Completion, ErrorCode, Failure
-from tests.integration.harness import Env, sim_call, write_jsonl
 from topics import TopicKind
 
 TEMPLATES = Path(__file__).parent / "templates"

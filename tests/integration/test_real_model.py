@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from promptmill.dev.harness import Env, write_jsonl
 from promptmill.dev.stack import up
 from schemas import Completion
 from tests.integration.conftest import CACHE_DIR
-from tests.integration.harness import Env, write_jsonl
 
 TEMPLATES = Path(__file__).parent / "templates"
 pytestmark = [

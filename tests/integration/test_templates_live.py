@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from promptmill.dev.harness import Env, write_jsonl
 from schemas import Completion
-from tests.integration.harness import Env, write_jsonl
 
 TEMPLATES = Path(__file__).parent / "templates"
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

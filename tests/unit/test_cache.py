@@ -160,3 +160,30 @@ async def test_coalescer_follower_cancellation_does_not_cancel_the_call() -> Non
         await follower
     release.set()
     assert await leader == ("done", False)
+
+
+async def test_coalescer_followers_survive_a_cancelled_leader() -> None:
+    """The caller running the shared call is cancelled (its partition was revoked): the
+    followers are not cancelled with it; one of them runs the call again."""
+    coalescer: Coalescer[str] = Coalescer()
+    calls = 0
+    release = asyncio.Event()
+
+    async def factory() -> str:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        return f"answer {calls}"
+
+    leader = asyncio.create_task(coalescer.run("k", factory))
+    await asyncio.sleep(0)
+    followers = [asyncio.create_task(coalescer.run("k", factory)) for _ in range(3)]
+    await asyncio.sleep(0)
+    leader.cancel()
+    await asyncio.sleep(0)
+    release.set()
+    results = await asyncio.gather(*followers)
+    assert leader.cancelled()
+    assert calls == 2
+    assert sorted(shared for _, shared in results) == [False, True, True]
+    assert {value for value, _ in results} == {"answer 2"}

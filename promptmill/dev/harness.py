@@ -1,4 +1,5 @@
-"""Test harness: a real local stack, per-test topic prefixes, workers as real processes."""
+"""Harness for tests and benchmarks: isolated topic prefixes on a running stack, workers as
+real `promptmill worker` processes, batch followers, and the simulator's admin API."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from schemas import BatchManifest, Completion, Failure, Header
 from topics import KafkaConnection, TopicCatalog, TopicKind
 from topics.admin import apply_topics
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # the source tree (workers run from it)
 PARTITIONS = {"jobs": 4, "completions": 2, "failures": 2, "batches": 1}
 
 
@@ -134,6 +135,17 @@ class Env:
 
         await asyncio.wait_for(follow(), within)
         return records
+
+    def follow(self, batch_id: str) -> tuple[dict[str, Completion | Failure], asyncio.Task[None]]:
+        """Start following a batch in the background: (records so far by job id, the task)."""
+        follower = ResultFollower(self.conn, self.catalog, batch_id)
+        records: dict[str, Completion | Failure] = {}
+
+        async def follow() -> None:
+            async for record in follower.records(follow=True):
+                records[record.job_id] = record
+
+        return records, asyncio.create_task(follow())
 
     async def produce_jobs(self, jobs: Iterable[tuple[str, str, bytes]]) -> None:
         """Produce raw (job id, batch id, value) records to the jobs topic, as any client could."""

@@ -1,0 +1,1 @@
+"""Benchmarks: measured against their own local stack; run with ``make bench``."""

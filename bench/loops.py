@@ -1,0 +1,101 @@
+"""The baselines the pipeline is compared with: bare loops doing only the essential I/O."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import httpx2
+import openai
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from topics.partitions import topic_partitions
+
+BODY = {
+    "model": "promptmill-sim",
+    "messages": [{"role": "user", "content": "hello"}],
+    "max_tokens": 16,
+}
+
+
+async def _run(count: int, concurrency: int, call: Callable[[int], Awaitable[None]]) -> float:
+    """Calls per second for ``count`` calls with at most ``concurrency`` at once."""
+    queue = iter(range(count))
+
+    async def lane() -> None:
+        for i in queue:
+            await call(i)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    return count / (time.perf_counter() - started)
+
+
+async def bare_aiohttp(base_url: str, count: int, concurrency: int) -> float:
+    """POST chat completions with aiohttp alone, parsing the JSON answer."""
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def call(i: int) -> None:
+            body = BODY | {"messages": [{"role": "user", "content": f"hello {i}"}]}
+            async with session.post(f"{base_url}/chat/completions", json=body) as response:
+                await response.json()
+
+        return await _run(count, concurrency, call)
+
+
+async def sdk(base_url: str, count: int, concurrency: int, transport: str) -> float:
+    """The official SDK, on its aiohttp transport or on httpx."""
+    limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    http_client = (
+        openai.DefaultAioHttpClient(limits=limits)
+        if transport == "aiohttp"
+        else openai.DefaultAsyncHttpxClient(limits=limits)
+    )
+    async with openai.AsyncOpenAI(
+        base_url=base_url, api_key="sim", max_retries=0, http_client=http_client
+    ) as client:
+
+        async def call(i: int) -> None:
+            await client.chat.completions.create(
+                model="promptmill-sim",
+                max_tokens=16,
+                messages=[{"role": "user", "content": f"hello {i}"}],
+            )
+
+        return await _run(count, concurrency, call)
+
+
+async def raw_kafka(bootstrap: str, source: str, sink: str, count: int, group: str) -> float:
+    """Consume ``count`` records in a group, produce each to ``sink``, commit: records/s."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+    )
+    await consumer.start()
+    await producer.start()
+    try:
+        consumer.assign(await topic_partitions(consumer, source))
+        done = 0
+        started = time.perf_counter()
+        while done < count:
+            batches = await consumer.getmany(timeout_ms=200, max_records=500)
+            futures = [
+                await producer.send(sink, r.value, key=r.key)
+                for records in batches.values()
+                for r in records
+            ]
+            await asyncio.gather(*futures)
+            done += len(futures)
+            await consumer.commit()
+        return count / (time.perf_counter() - started)
+    finally:
+        await producer.stop()
+        await consumer.stop()

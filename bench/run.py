@@ -1,0 +1,176 @@
+"""``make bench``: the pipeline measured against its ceiling, on a stack of its own.
+
+Starts Kafka, Redis and the model simulator under ``.promptmill/bench``, runs every
+scenario of :mod:`bench.scenarios` in one run (so the ratios compare like with like on
+this machine), prints one markdown table and writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench import scenarios
+from promptmill.dev.harness import Endpoints
+from promptmill.dev.stack import down, up
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMAND = "make bench   (python -m bench.run)"
+
+
+@dataclass
+class Row:
+    measure: str
+    figure: str
+    target: str
+    ok: bool | None
+
+
+async def measure(
+    endpoints: Endpoints, workdir: Path, quick: bool
+) -> tuple[list[Row], dict[str, Any]]:
+    scale = 0.4 if quick else 1.0
+    raw: dict[str, Any] = {}
+    rows: list[Row] = []
+    for workers in (1, 2, 4):
+        result = await scenarios.goodput(
+            endpoints, workdir, workers, rpm=1200, seconds=30 * scale + 10
+        )
+        raw[f"goodput_{workers}_workers"] = result
+        target = workers >= 2
+        rows.append(
+            Row(
+                f"goodput / limit, {workers} worker(s), 1,200 rpm",
+                f"{result['goodput_ratio']:.3f}, 429s {result['share_429']:.2%}",
+                ">= 0.95, <= 0.5% 429s" if target else "(reference)",
+                result["goodput_ratio"] >= 0.95 and result["share_429"] <= 0.005
+                if target
+                else None,
+            )
+        )
+    count = int(6000 * scale)
+    for latency, goal in ((300, 0.95), (0, 0.5)):
+        result = await scenarios.pipeline_vs_bare(endpoints, workdir, latency, count, 128)
+        raw[f"pipeline_vs_bare_{latency}ms"] = result
+        rows.append(
+            Row(
+                f"pipeline / bare asyncio+aiohttp loop, {latency} ms latency, concurrency 128",
+                f"{result['ratio']:.2f} "
+                f"({result['pipeline_per_s']:.0f} vs {result['bare_per_s']:.0f}/s)",
+                f">= {goal}",
+                result["ratio"] >= goal,
+            )
+        )
+    result = await scenarios.sdk_transports(endpoints, int(4000 * scale), 200)
+    raw["sdk_transports"] = result
+    rows.append(
+        Row(
+            "openai SDK on aiohttp / bare aiohttp, concurrency 200",
+            f"{result['sdk_aiohttp_vs_bare']:.2f} ({result['sdk_aiohttp_per_s']:.0f} vs "
+            f"{result['bare_per_s']:.0f}/s)",
+            ">= 0.7",
+            result["sdk_aiohttp_vs_bare"] >= 0.7,
+        )
+    )
+    rows.append(
+        Row(
+            "openai SDK on aiohttp / SDK on httpx, concurrency 200",
+            f"{result['sdk_aiohttp_vs_httpx']:.2f} ({result['sdk_httpx_per_s']:.0f}/s on httpx)",
+            "(reference)",
+            None,
+        )
+    )
+    result = await scenarios.cache_hit_path(endpoints, workdir, int(5000 * scale))
+    raw["cache_hit_path"] = result
+    rows.append(
+        Row(
+            "cache-hit path (consume, cache, produce) / raw aiokafka consume+produce",
+            f"{result['ratio']:.2f} ({result['cache_hit_per_s']:.0f} vs "
+            f"{result['raw_kafka_per_s']:.0f}/s)",
+            ">= 0.5",
+            result["ratio"] >= 0.5,
+        )
+    )
+    load = 0.7 * raw["pipeline_vs_bare_0ms"]["pipeline_per_s"]
+    result = await scenarios.added_latency(endpoints, workdir, load, 15 * scale + 5)
+    raw["added_latency"] = result | {"jobs_per_s": load}
+    rows.append(
+        Row(
+            f"latency the pipeline adds at 70% load ({load:.0f} jobs/s), p50 / p99",
+            f"{result['p50_ms']:.1f} / {result['p99_ms']:.1f} ms",
+            "<= 3 / <= 15 ms",
+            result["p50_ms"] <= 3 and result["p99_ms"] <= 15,
+        )
+    )
+    rows.append(
+        Row(
+            "Redis round trips per job (cache miss, limits on)",
+            f"{result['redis_round_trips_per_job']:.2f}",
+            "<= 2",
+            result["redis_round_trips_per_job"] <= 2,
+        )
+    )
+    result = await scenarios.memory_in_flight(endpoints, workdir, 1000)
+    raw["memory"] = result
+    rows.append(
+        Row(
+            "worker memory (RSS) with 1,000 jobs in flight",
+            f"{result['rss_mb']:.0f} MB (idle {result['rss_idle_mb']:.0f} MB)",
+            "(reported)",
+            None,
+        )
+    )
+    return rows, raw
+
+
+def render(rows: list[Row]) -> str:
+    lines = ["| measure | figure | target | met |", "| --- | --- | --- | --- |"]
+    for row in rows:
+        met = "-" if row.ok is None else ("yes" if row.ok else "**no**")
+        lines.append(f"| {row.measure} | {row.figure} | {row.target} | {met} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller runs (noisier)")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    args = parser.parse_args(argv)
+    state = ROOT / ".promptmill" / "bench"
+    cache = Path(os.environ.get("PROMPTMILL_CACHE_DIR", Path.home() / ".cache" / "promptmill"))
+    started = time.monotonic()
+    info = up(state, cache, {"kafka", "redis", "model_sim"})
+    try:
+        if info.kafka is None or info.redis is None or info.model_sim is None:
+            sys.exit("bench: the stack did not come up")
+        endpoints = Endpoints(info.kafka.bootstrap, info.redis.url, info.model_sim.base_url)
+        workdir = state / "work"
+        workdir.mkdir(parents=True, exist_ok=True)
+        rows, raw = asyncio.run(measure(endpoints, workdir, args.quick))
+    finally:
+        down(state)
+    table = render(rows)
+    print(
+        f"\n{table}\n\n{platform.node()}: {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}; {time.monotonic() - started:.0f} s; command: {COMMAND}"
+    )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_bytes(
+        orjson.dumps(
+            {"rows": [r.__dict__ for r in rows], "raw": raw, "command": COMMAND},
+            option=orjson.OPT_INDENT_2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
