@@ -11,6 +11,8 @@ import httpx2
 import openai
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from processors.model import ModelClient
+from schemas import ChatMessage
 from topics.partitions import topic_partitions
 
 BODY = {
@@ -66,6 +68,21 @@ async def sdk(base_url: str, count: int, concurrency: int, transport: str) -> fl
             )
 
         return await _run(count, concurrency, call)
+
+
+async def model_client(base_url: str, count: int, concurrency: int) -> float:
+    """The SDK as promptmill's :class:`~processors.model.ModelClient` calls it."""
+    client = ModelClient(base_url, "sim", max_attempts=1)
+    await client.start()
+    try:
+
+        async def call(i: int) -> None:
+            message = ChatMessage(role="user", content=f"hello {i}")
+            await client.complete("promptmill-sim", [message], {"max_tokens": 16})
+
+        return await _run(count, concurrency, call)
+    finally:
+        await client.stop()
 
 
 async def raw_kafka(bootstrap: str, source: str, sink: str, count: int, group: str) -> float:

@@ -55,14 +55,15 @@ def _rate(records: dict[str, Any], skip_seconds: float = 0.0) -> float:
 
 
 async def _run_batch(
-    env: Env, jobs: Path, workers: int, within: float, **worker_env: str
+    env: Env, jobs: Path, workers: int, within: float, warm_up: float = 0.0, **worker_env: str
 ) -> tuple[dict[str, Any], list[str]]:
-    """Submit, run ``workers`` workers until every job is terminal, stop them; the records
-    and the workers' last log lines."""
-    batch = await env.submit(jobs)
+    """Start ``workers`` workers (and let their group settle for ``warm_up`` seconds),
+    submit, run until every job is terminal, stop them; the records and the workers' last
+    log lines."""
     started = [env.start_worker(**worker_env) for _ in range(workers)]
     try:
-        records, following = env.follow(batch)
+        await asyncio.sleep(warm_up)
+        records, following = env.follow(await env.submit(jobs))
         await asyncio.wait_for(following, within)
     finally:
         for worker in started:
@@ -78,11 +79,13 @@ async def goodput(
     count = int(rpm / 60 * seconds)
     jobs = _jobs(workdir / f"goodput-{workers}.jsonl", count, cache=False, tag=env.prefix)
     limits = orjson.dumps({SIM_MODEL: {"rpm": rpm}}).decode()
-    records, _ = await _run_batch(env, jobs, workers, seconds * 3, PROMPTMILL_MODEL_LIMITS=limits)
+    records, _ = await _run_batch(
+        env, jobs, workers, seconds * 3, warm_up=8.0, PROMPTMILL_MODEL_LIMITS=limits
+    )
     stats = await sim_call(endpoints.sim_url, "GET", "/sim/stats")
     calls = stats["chat_completions"] + stats["rate_limited"]
     return {
-        "goodput_ratio": _rate(records, skip_seconds=5) / (rpm / 60),
+        "goodput_ratio": _rate(records, skip_seconds=3) / (rpm / 60),
         "share_429": stats["rate_limited"] / calls if calls else 0.0,
     }
 
@@ -103,12 +106,15 @@ async def sdk_transports(endpoints: Endpoints, count: int, concurrency: int) -> 
     bare = await loops.bare_aiohttp(endpoints.sim_url, count, concurrency)
     on_aiohttp = await loops.sdk(endpoints.sim_url, count, concurrency, "aiohttp")
     on_httpx = await loops.sdk(endpoints.sim_url, count, concurrency, "httpx")
+    as_used = await loops.model_client(endpoints.sim_url, count, concurrency)
     return {
         "bare_per_s": bare,
         "sdk_aiohttp_per_s": on_aiohttp,
         "sdk_httpx_per_s": on_httpx,
         "sdk_aiohttp_vs_bare": on_aiohttp / bare,
         "sdk_aiohttp_vs_httpx": on_aiohttp / on_httpx,
+        "model_client_per_s": as_used,
+        "model_client_vs_bare": as_used / bare,
     }
 
 

@@ -25,6 +25,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from processors.fleet import scripts
+from processors.fleet.batcher import ScriptBatcher
 from processors.fleet.gcra import Charge, LocalBuckets
 from processors.fleet.limits import BucketSpec, LimitTable
 
@@ -86,9 +87,9 @@ class FleetState:
         self._local = LocalBuckets()
         self._down_since: float | None = None
         self._lines: dict[tuple[str, str], asyncio.Lock] = {}
-        self.round_trips = 0
+        self._other_round_trips = 0
         if redis is not None:
-            self._acquire = redis.register_script(scripts.ACQUIRE)
+            self._acquire = ScriptBatcher(redis, redis.register_script(scripts.ACQUIRE))
             self._settle = redis.register_script(scripts.SETTLE)
             self._penalize = redis.register_script(scripts.PENALIZE)
 
@@ -107,8 +108,7 @@ class FleetState:
             cost = 1 if counts == "requests" else tokens
             args += [spec.interval_ms, spec.tolerance_ms, cost, int(spec.adaptive)]
         try:
-            self.round_trips += 1
-            answer = await self._acquire(keys=keys, args=args)
+            answer = await self._acquire.call(keys, args)
         except (RedisError, OSError) as exc:
             self._went_down(exc)
             return self._reserve_locally(model, buckets, tokens)
@@ -119,6 +119,12 @@ class FleetState:
         if answer[0] == 2:
             return Lookup(None, wait, reserved=False)
         return Lookup(None, wait, send_at=float(answer[2]) / 1000.0)
+
+    @property
+    def round_trips(self) -> int:
+        """Network round trips to Redis so far (a batch of lookups counts once)."""
+        acquire = self._acquire.round_trips if self._redis is not None else 0
+        return acquire + self._other_round_trips
 
     def waiting_line(self, model: str, tenant: str) -> asyncio.Lock:
         """This worker's FIFO line for jobs still waiting for a reservation."""
@@ -161,7 +167,7 @@ class FleetState:
                         args += [spec.interval_ms, refund_tokens, int(spec.adaptive)]
                     keys = [self._control(model)] + [s.key for s, _ in buckets]
                     await self._settle(keys=keys, args=args, client=pipe)
-                self.round_trips += 1
+                self._other_round_trips += 1
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             self._went_down(exc)
@@ -172,7 +178,7 @@ class FleetState:
         cfg = self._config
         if self._use_redis():
             try:
-                self.round_trips += 1
+                self._other_round_trips += 1
                 await self._penalize(
                     keys=[self._control(model)],
                     args=[wait_ms, self._recovery_ms, cfg.min_factor, cfg.debounce_seconds * 1000],

@@ -106,7 +106,7 @@ class Worker:
             **opts,
             acks="all",
             enable_idempotence=True,
-            linger_ms=5,
+            linger_ms=1,
             client_id=self._config.client_id,
         )
         self._consumer = AIOKafkaConsumer(
