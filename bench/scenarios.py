@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench import loops
 from promptmill.dev.harness import Endpoints, Env, sim_call, write_jsonl
-from schemas import Completion, PromptJob, decode
+from schemas import Completion, Header, PromptJob, decode
 from topics import TopicKind
 from topics.partitions import topic_partitions
 
@@ -166,6 +166,10 @@ async def _measure_latency(
     added: list[float] = []
     count = int(rate * seconds)
 
+    producer = AIOKafkaProducer(bootstrap_servers=endpoints.bootstrap, acks="all", linger_ms=0)
+    await producer.start()
+    topic = env.catalog.name(TopicKind.JOBS)
+
     async def produce() -> None:
         start = time.perf_counter()
         for i in range(count):
@@ -177,8 +181,11 @@ async def _measure_latency(
                 messages=[{"role": "user", "content": f"{env.prefix} latency {i}"}],
                 params={"temperature": 0, "max_tokens": 16},
             )
+            value = job.model_dump_json().encode()
             sent[job.job_id] = time.time()
-            await env.produce_jobs([(job.job_id, "lat", job.model_dump_json().encode())])
+            await producer.send(
+                topic, value, key=job.job_id.encode(), headers=[(Header.BATCH_ID.value, b"lat")]
+            )
 
     producing = asyncio.create_task(produce())
     while len(added) < count:
@@ -188,6 +195,7 @@ async def _measure_latency(
                 if done.job_id in sent:
                     added.append(time.time() - sent[done.job_id] - done.latency_ms / 1000)
     await producing
+    await producer.stop()
     await consumer.stop()
     ms = sorted(a * 1000 for a in added)
     return {"p50_ms": statistics.median(ms), "p99_ms": ms[int(len(ms) * 0.99) - 1]}

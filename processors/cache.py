@@ -46,7 +46,13 @@ class Coalescer(Generic[T]):
         self._inflight: dict[str, asyncio.Future[T]] = {}
         self._linger = linger
 
-    async def run(self, key: str, factory: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+    async def run(
+        self,
+        key: str,
+        factory: Callable[[], Awaitable[T]],
+        *,
+        linger: Callable[[T], bool] = lambda _: True,
+    ) -> tuple[T, bool]:
         """The factory's result, and whether it was shared from another caller's call.
 
         If the caller running the shared call is cancelled (its partition was revoked, say),
@@ -74,7 +80,10 @@ class Coalescer(Generic[T]):
             future.exception()  # mark retrieved: followers re-raise it themselves
             raise
         future.set_result(result)
-        loop.call_later(self._linger, self._forget, key, future)
+        if linger(result):  # e.g. not needed for an answer that came from the cache itself
+            loop.call_later(self._linger, self._forget, key, future)
+        else:
+            del self._inflight[key]
         return result, False
 
     def _forget(self, key: str, future: asyncio.Future[T]) -> None:

@@ -182,7 +182,9 @@ class PromptProcessor:
         if not cacheable:
             return await lookup_or_call(None)
         key = request_key(model, messages, request)
-        (reply, from_cache), shared = await self._coalescer.run(key, lambda: lookup_or_call(key))
+        (reply, from_cache), shared = await self._coalescer.run(
+            key, lambda: lookup_or_call(key), linger=lambda result: not result[1]
+        )
         return reply, from_cache or shared
 
     def _refund(self, prompt_estimate: int, reserved: int, reply: ModelReply) -> int:

@@ -12,7 +12,7 @@ M = TypeVar("M", bound=BaseModel)
 
 def encode(record: BaseModel) -> bytes:
     """Serialise a wire record to compact JSON bytes; unset (``None``) fields are left out."""
-    return orjson.dumps(record.model_dump(mode="json", exclude_none=True))
+    return record.__pydantic_serializer__.to_json(record, exclude_none=True)
 
 
 def decode(data: bytes | str, model: type[M]) -> M:
