@@ -11,9 +11,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from producers.results import ResultFollower
 from promptmill.dev.harness import Env, sim_call, write_jsonl
-from schemas import Completion, Failure
+from schemas import Completion
 from topics import ConsumerGroup, TopicKind
 from topics.partitions import topic_partitions
 
@@ -35,14 +34,7 @@ async def test_kill_9_three_times_loses_no_job(env: Env, tmp_path: Path) -> None
         [{"template": "greet", "variables": {"who": f"n{i}"}, "cache": False} for i in range(JOBS)],
     )
     batch = await env.submit(jobs)
-    follower = ResultFollower(env.conn, env.catalog, batch)
-    records: dict[str, Completion | Failure] = {}
-
-    async def follow() -> None:
-        async for record in follower.records(follow=True):
-            records[record.job_id] = record
-
-    following = asyncio.create_task(follow())
+    records, following = env.follow(batch)
     kills = []
     for n in range(KILLS):
         worker = env.start_worker(PROMPTMILL_WORKER_CONCURRENCY="64")
@@ -115,14 +107,7 @@ async def test_rebalance_and_sigterm_drain_lose_nothing(env: Env, tmp_path: Path
         [{"template": "greet", "variables": {"who": f"r{i}"}, "cache": False} for i in range(2000)],
     )
     batch = await env.submit(jobs)
-    follower = ResultFollower(env.conn, env.catalog, batch)
-    records: dict[str, Completion | Failure] = {}
-
-    async def follow() -> None:
-        async for record in follower.records(follow=True):
-            records[record.job_id] = record
-
-    following = asyncio.create_task(follow())
+    records, following = env.follow(batch)
     first = env.start_worker(PROMPTMILL_WORKER_CONCURRENCY="64")
     while len(records) < 300:  # noqa: ASYNC110
         await asyncio.sleep(0.02)

@@ -14,10 +14,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from producers.results import ResultFollower
 from promptmill.dev.harness import ROOT, Env, sim_call, write_jsonl
 from promptmill.dev.processes import free_port, wait_for_port
-from schemas import Completion, Failure
+from schemas import Completion
 
 TEMPLATES = Path(__file__).parent / "templates"
 WINDOW = 60.0
@@ -121,7 +120,7 @@ async def test_redis_stopped_mid_batch_and_started_again(env: Env, tmp_path: Pat
             PROMPTMILL_MODEL_LIMITS=orjson.dumps({"promptmill-sim": {"rpm": 6000}}).decode(),
             PROMPTMILL_RATE_LIMIT_LOCAL_SHARE="0.5",
         )
-        records, following = _follow(env, batch)
+        records, following = env.follow(batch)
         await _until(lambda: len(records) >= 300)
         servers[-1].terminate()  # Redis goes away mid-batch
         servers[-1].wait(10)
@@ -154,7 +153,7 @@ async def test_a_10_second_429_storm_loses_nothing_and_throughput_recovers(
     env.start_worker(
         PROMPTMILL_MODEL_LIMITS=orjson.dumps({"promptmill-sim": {"rpm": rpm}}).decode(),
     )
-    records, following = _follow(env, batch)
+    records, following = env.follow(batch)
     await _until(lambda: len(records) >= 100)
     await sim_call(env.endpoints.sim_url, "POST", "/sim/config", {"storm": True})
     await asyncio.sleep(10)
@@ -175,17 +174,6 @@ async def test_a_10_second_429_storm_loses_nothing_and_throughput_recovers(
     assert recovered - storm_end <= 6.0
     stats = await sim_call(env.endpoints.sim_url, "GET", "/sim/stats")
     assert stats["chat_completions"] >= 700
-
-
-def _follow(env: Env, batch: str) -> tuple[dict[str, Completion | Failure], asyncio.Task[None]]:
-    follower = ResultFollower(env.conn, env.catalog, batch)
-    records: dict[str, Completion | Failure] = {}
-
-    async def follow() -> None:
-        async for record in follower.records(follow=True):
-            records[record.job_id] = record
-
-    return records, asyncio.create_task(follow())
 
 
 async def _until(condition: Callable[[], bool], within: float = 60) -> None:
