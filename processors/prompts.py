@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import orjson
@@ -21,7 +21,10 @@ from processors.cache import Coalescer, request_key
 from processors.fleet import FleetState
 from processors.fleet.ticket import Ticket
 from processors.model import ModelCallError, ModelClient, ModelReply
+from processors.pricing import Price, cost_usd
+from processors.prompt_metrics import PromptMetrics
 from processors.runtime import InRecord, Outcome
+from processors.runtime.metrics import Registry
 from processors.templates import Renderer, TemplateStore
 from schemas import (
     ChatMessage,
@@ -56,6 +59,7 @@ class PromptConfig:
     max_prompt_tokens: int = 8192
     cache_enabled: bool = True
     completion_estimate: int = 256  # tokens reserved when a job sets no max_tokens
+    prices: dict[str, Price] = field(default_factory=dict)
     # what the provider meters: "prompt" (prompt + max_tokens at admission, as OpenAI does:
     # only the prompt estimate is corrected) or "usage" (the real total is what counts)
     true_up: Literal["prompt", "usage"] = "prompt"
@@ -73,6 +77,7 @@ class PromptProcessor:
         model: ModelClient,
         fleet: FleetState,
         config: PromptConfig,
+        metrics: PromptMetrics | None = None,
     ) -> None:
         self._completions = catalog.name(TopicKind.COMPLETIONS)
         self._failures = catalog.name(TopicKind.FAILURES)
@@ -80,6 +85,7 @@ class PromptProcessor:
         self._renderer = Renderer()
         self._model = model
         self._fleet = fleet
+        self._metrics = metrics or PromptMetrics(Registry())
         self._coalescer: Coalescer[tuple[ModelReply, bool]] = Coalescer()
         self._config = config
 
@@ -98,6 +104,7 @@ class PromptProcessor:
         try:
             completion = await self._process(job)
         except ModelCallError as exc:
+            self._metrics.model_errors.inc(code=exc.code.value)
             return [self._failure(record, job, exc.code, exc.message, exc.attempts, exc.retriable)]
         except PromptmillError as exc:
             return [self._failure(record, job, exc.code, exc.message)]
@@ -130,6 +137,8 @@ class PromptProcessor:
                 f"prompt is ~{tokens} tokens, over the limit of {self._config.max_prompt_tokens}"
             )
         reply, cached = await self._call(job, model, messages, params)
+        cost = 0.0 if cached else cost_usd(self._config.prices, reply.model or model, reply.usage)
+        self._metrics.completed(reply.model or model, reply.usage, cost, cached)
         return Completion(
             job_id=job.job_id,
             batch_id=job.batch_id,
@@ -140,7 +149,8 @@ class PromptProcessor:
             template_version=template.version if template else None,
             text=reply.text,
             finish_reason=reply.finish_reason,
-            usage=reply.usage if not cached else Usage(**reply.usage.model_dump()),
+            usage=reply.usage,
+            cost_usd=cost,
             latency_ms=reply.latency_ms if not cached else 0.0,
             cached=cached,
             attempts=reply.attempts if not cached else 0,
@@ -166,7 +176,10 @@ class PromptProcessor:
             if found.cached is not None:
                 return _reply_from_cache(found.cached), True
             ticket = Ticket(self._fleet, model, job.tenant, estimate, found)
-            reply = await self._model.complete(model, messages, request, gate=ticket)
+            try:
+                reply = await self._model.complete(model, messages, request, gate=ticket)
+            finally:
+                self._metrics.rate_limit_wait.inc(ticket.waited)
             await self._fleet.settle(
                 key,
                 _reply_to_cache(reply) if key else None,
@@ -230,6 +243,7 @@ class PromptProcessor:
             key=job_id.encode(),
             headers=_headers(batch_id, job_id, failure.tenant),
             dead_letter=True,
+            code=code.value,
         )
 
 

@@ -137,8 +137,10 @@ class ResultFollower:
             await consumer.seek_to_beginning(*tps)
             return tps
         since = int((manifest.started_at - LOOKBACK).timestamp() * 1000)
-        offsets = await consumer.offsets_for_times({tp: since for tp in tps})
+        # End offsets first: a partition with nothing newer than ``since`` starts at the end
+        # as it was *before* the lookup, so records appended meanwhile are not skipped.
         ends = await consumer.end_offsets(tps)
+        offsets = await consumer.offsets_for_times({tp: since for tp in tps})
         for tp in tps:
             found = offsets.get(tp)
             consumer.seek(tp, found.offset if found is not None else ends[tp])

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from promptmill.commands import admin, batch, dev, worker
+from promptmill.commands import admin, batch, dev, lag, worker
 from promptmill.dev.processes import StackError
 from promptmill.settings import load_settings
 from schemas import PromptmillError
@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("worker", worker.worker, "run the prompt processor")
     p.add_argument("--processor", choices=["prompts"], default="prompts")
     p.add_argument("--concurrency", type=int, help="jobs in flight (default: setting)")
+
+    p = command("lag", lag.lag, "consumer-group lag per partition, computed as KEDA does")
+    lag.add_options(p)
 
     from promptmill import demo  # late: the demo imports the commands above
 

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
 from processors.fleet.limits import Limit
+from processors.pricing import Price
 from schemas import PromptmillError
 
 
@@ -97,6 +98,11 @@ class Settings(BaseSettings):
     rate_limit_recovery_seconds: float = Field(default=3.0, ge=0)
     rate_limit_max_wait_seconds: float = Field(default=600.0, gt=0)
     completion_tokens_estimate: int = Field(default=256, ge=1)
+    model_prices: dict[str, Price] = Field(default_factory=dict)
+
+    # Observability
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
     rate_limit_true_up: Literal["prompt", "usage"] = "prompt"
 
     # Local stack and logging

@@ -53,3 +53,4 @@ class Outcome:
     key: bytes | None = None
     headers: Sequence[tuple[str, bytes]] = field(default_factory=tuple)
     dead_letter: bool = False
+    code: str | None = None  # the error code of a dead letter

@@ -22,6 +22,8 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from processors.runtime.metrics import Registry
+from processors.runtime.observe import RuntimeMetrics
 from processors.runtime.offsets import OffsetTracker
 from processors.runtime.records import InRecord, Outcome
 from topics import KafkaConnection
@@ -80,7 +82,13 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 class Worker:
     """Runs one processor over a consumer group until :meth:`request_stop`."""
 
-    def __init__(self, conn: KafkaConnection, processor: Processor, config: WorkerConfig) -> None:
+    def __init__(
+        self,
+        conn: KafkaConnection,
+        processor: Processor,
+        config: WorkerConfig,
+        registry: Registry | None = None,
+    ) -> None:
         self._conn = conn
         self._processor = processor
         self._config = config
@@ -92,6 +100,10 @@ class Worker:
         self._consumer: Any = None
         self._producer: Any = None
         self.stats = WorkerStats()
+        self.metrics = RuntimeMetrics(
+            registry or Registry(), processor.name, lambda: len(self._tasks), self._lag
+        )
+        self.ready = False
 
     def request_stop(self) -> None:
         """Stop fetching and drain (safe to call from a signal handler, and twice)."""
@@ -159,6 +171,7 @@ class Worker:
                 last_commit = time.monotonic()
 
     async def _run_one(self, tp: TopicPartition, record: InRecord, epoch: int) -> None:
+        started = time.monotonic()
         try:
             try:
                 outcomes = await self._processor.handle(record)
@@ -169,6 +182,7 @@ class Worker:
             self._tracker.finished(tp, record.offset, epoch)
             self.stats.processed += 1
             self.stats.dead_letters += sum(o.dead_letter for o in outcomes)
+            self.metrics.finished(time.monotonic() - started, [o.code for o in outcomes])
         finally:
             self._slots.release()
 
@@ -217,6 +231,7 @@ class Worker:
             return
         self._committed.update(offsets)
         self.stats.commits += 1
+        self.metrics.commits.inc(processor=self._processor.name)
 
     async def _wait_tasks(self, tps: set[TopicPartition] | None, grace: float) -> None:
         tasks = [t for t, tp in self._tasks.items() if tps is None or tp in tps]
@@ -249,7 +264,23 @@ class Worker:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def _lag(self) -> dict[tuple[str, int], int]:
+        """Per assigned partition: the log end the consumer last saw, minus the offset up to
+        which every record is done (what the next commit will say)."""
+        lags: dict[tuple[str, int], int] = {}
+        if self._consumer is None:
+            return lags
+        for tp in self._tracker.partitions():
+            end = self._consumer.highwater(tp)
+            done = self._tracker.committable(tp)
+            if done is None:
+                done = self._committed.get(tp)
+            if end is not None and done is not None:
+                lags[(tp.topic, tp.partition)] = max(0, end - done)
+        return lags
+
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.ready = True
         for tp in assigned:
             self._tracker.assign(tp)
         log.info("partitions assigned: %s", sorted(str(tp) for tp in assigned))

@@ -12,9 +12,12 @@ import socket
 from processors.fleet import FleetState, LimitTable
 from processors.fleet.state import FleetConfig, connect_redis
 from processors.model import ModelClient
+from processors.prompt_metrics import PromptMetrics
 from processors.prompts import PromptConfig, PromptProcessor
 from processors.retry import Backoff
 from processors.runtime import Worker, WorkerConfig
+from processors.runtime.health import HealthServer
+from processors.runtime.metrics import Registry
 from processors.templates import TemplateRegistry
 from promptmill import app
 from promptmill.settings import Settings
@@ -50,6 +53,7 @@ async def worker(settings: Settings, args: argparse.Namespace) -> None:
             recovery_seconds=settings.rate_limit_recovery_seconds,
         ),
     )
+    metrics = Registry()
     registry = TemplateRegistry(conn, catalog.name(TopicKind.TEMPLATES))
     processor = PromptProcessor(
         catalog,
@@ -62,7 +66,9 @@ async def worker(settings: Settings, args: argparse.Namespace) -> None:
             cache_enabled=settings.cache_enabled,
             completion_estimate=settings.completion_tokens_estimate,
             true_up=settings.rate_limit_true_up,
+            prices=settings.model_prices,
         ),
+        PromptMetrics(metrics),
     )
     runtime = Worker(
         conn,
@@ -76,6 +82,10 @@ async def worker(settings: Settings, args: argparse.Namespace) -> None:
             session_timeout_ms=settings.worker_session_timeout_ms,
             client_id=f"promptmill-{socket.gethostname()}-{os.getpid()}",
         ),
+        metrics,
+    )
+    health = HealthServer(
+        metrics, lambda: runtime.ready, settings.metrics_host, settings.metrics_port
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -87,9 +97,11 @@ async def worker(settings: Settings, args: argparse.Namespace) -> None:
         args.concurrency or settings.worker_concurrency,
     )
     try:
+        await health.start()
         async with registry:
             await runtime.run()
         log.info("redis round trips: %d for %d jobs", fleet.round_trips, runtime.stats.processed)
     finally:
+        await health.stop()
         if redis is not None:
             await redis.aclose()

@@ -70,6 +70,8 @@ class Env:
             "PROMPTMILL_WORKER_DRAIN_SECONDS": "5",
             "PROMPTMILL_MODEL_BACKOFF_BASE_SECONDS": "0.05",
             "PROMPTMILL_MODEL_BACKOFF_MAX_SECONDS": "0.5",
+            "PROMPTMILL_METRICS_HOST": "127.0.0.1",
+            "PROMPTMILL_METRICS_PORT": "0",
             "PYTHONPATH": str(ROOT),
         }
         return env | self.extra | overrides

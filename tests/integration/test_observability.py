@@ -1,0 +1,94 @@
+"""Every worker serves /metrics, /healthz and /readyz; the series match what it did."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from promptmill.dev.harness import Env, write_jsonl
+from promptmill.dev.processes import free_port
+from schemas import Completion, Failure
+
+TEMPLATES = Path(__file__).parent / "templates"
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+PRICES = {"promptmill-sim": {"prompt_per_1m": 1.0, "completion_per_1m": 2.0}}
+
+
+async def test_metrics_health_and_readiness(env: Env, tmp_path: Path) -> None:
+    await env.push_templates(TEMPLATES)
+    port = free_port()
+    env.start_worker(
+        PROMPTMILL_METRICS_PORT=str(port), PROMPTMILL_MODEL_PRICES=orjson.dumps(PRICES).decode()
+    )
+    base = f"http://127.0.0.1:{port}"
+    await _wait_ready(base)
+    rows: list[dict[str, object]] = [
+        {"template": "greet", "variables": {"who": f"m{i % 5}"}} for i in range(20)
+    ]
+    rows += [
+        {"template": "nope", "variables": {}},
+        {"messages": [{"role": "user", "content": "[[sim:error=400]]"}]},
+    ]
+    records, following = env.follow(await env.submit(write_jsonl(tmp_path / "j.jsonl", rows)))
+    await asyncio.wait_for(following, 60)
+    completions = [r for r in records.values() if isinstance(r, Completion)]
+    failures = [r for r in records.values() if isinstance(r, Failure)]
+    assert len(completions) == 20 and len(failures) == 2
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/healthz") as response:
+            assert response.status == 200
+        for _ in range(50):  # offsets are committed every half second
+            async with http.get(f"{base}/metrics") as response:
+                assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+                text = await response.text()
+            series = _parse(text)
+            if series.get('promptmill_commits_total{processor="prompts"}'):
+                break
+            await asyncio.sleep(0.1)
+    jobs = 'promptmill_jobs_total{processor="prompts",outcome="%s",code="%s"}'
+    assert series[jobs % ("completion", "")] == 20
+    assert series[jobs % ("failure", "unknown_template")] == 1
+    assert series[jobs % ("failure", "model_error")] == 1
+    assert series['promptmill_model_errors_total{code="model_error"}'] == 1
+    assert series['promptmill_job_duration_seconds_count{processor="prompts"}'] == 22
+    assert series["promptmill_cache_hits_total"] == sum(c.cached for c in completions) == 15
+    prompt = series['promptmill_tokens_total{model="promptmill-sim",kind="prompt"}']
+    assert prompt == sum(c.usage.prompt_tokens for c in completions if not c.cached) > 0
+    cost = series['promptmill_cost_usd_total{model="promptmill-sim"}']
+    assert cost == pytest.approx(sum(c.cost_usd for c in completions)) and cost > 0
+    assert 'promptmill_jobs_in_flight{processor="prompts"}' in series
+    assert "promptmill_rate_limit_wait_seconds_total" in series
+    lags = {k: v for k, v in series.items() if k.startswith("promptmill_consumer_lag{")}
+    assert lags and all(v == 0 for v in lags.values()), lags  # every job is done
+    assert series['promptmill_commits_total{processor="prompts"}'] >= 1
+
+
+async def _wait_ready(base: str, within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            try:
+                async with http.get(f"{base}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise AssertionError("the worker never became ready")
+
+
+def _parse(text: str) -> dict[str, float]:
+    series = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            match = re.match(r"^(\S+) (\S+)$", line)
+            assert match, line
+            series[match[1]] = float(match[2])
+    return series
