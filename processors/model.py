@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -97,17 +97,51 @@ class ModelClient:
         params: dict[str, Any],
         gate: Gate | None = None,
     ) -> ModelReply:
-        """One completion, retried per policy; raises :class:`ModelCallError`.
+        """One chat completion, retried per policy; raises :class:`ModelCallError`.
 
         ``gate`` (the fleet's rate limits) is asked before every attempt and told of every
-        429; without one, 429s are waited out here. 429s are retried until
-        ``rate_limit_max_wait`` seconds have passed since the first; other retriable
-        errors until ``max_attempts`` attempts.
+        429; without one, 429s are waited out here.
         """
-        if self._client is None:
-            raise RuntimeError("ModelClient.complete() called before start()")
         wire: Any = [m.model_dump(exclude_none=True) for m in messages]
         started = time.monotonic()
+
+        async def send(client: openai.AsyncOpenAI) -> Any:
+            # The request body goes in extra_body and the answer is parsed with orjson:
+            # the SDK's TypedDict transform of ``messages`` and its pydantic parsing of
+            # the answer were 45% of a call's CPU (profiled), and both only repeat what
+            # our own schemas already checked. Transport, auth and errors stay the SDK's.
+            return await client.chat.completions.with_raw_response.create(
+                model=model, messages=[], extra_body={"messages": wire, **params}
+            )
+
+        raw, body, attempt = await self._with_retries(send, gate)
+        return _reply(body, attempt, started, feedback_from(raw.headers))
+
+    async def moderate(self, model: str | None, text: str) -> tuple[dict[str, Any], int]:
+        """The provider's ``/v1/moderations`` answer for ``text``, and the attempts made."""
+
+        async def send(client: openai.AsyncOpenAI) -> Any:
+            extra = {"model": model} if model else {}
+            return await client.moderations.with_raw_response.create(input=text, extra_body=extra)
+
+        _, body, attempt = await self._with_retries(send, None)
+        if not isinstance(body, dict) or not body.get("results"):
+            raise ModelCallError(
+                "moderation answer without results",
+                code=ErrorCode.MODEL_ERROR,
+                retriable=False,
+                attempts=attempt,
+            )
+        return body, attempt
+
+    async def _with_retries(
+        self, send: Callable[[openai.AsyncOpenAI], Awaitable[Any]], gate: Gate | None
+    ) -> tuple[Any, Any, int]:
+        """(raw response, decoded JSON body, attempts): 429s are retried until
+        ``rate_limit_max_wait`` seconds have passed since the first; other retriable
+        errors until ``max_attempts`` attempts."""
+        if self._client is None:
+            raise RuntimeError("ModelClient called before start()")
         attempt = failures = 0
         limited_since: float | None = None
         while True:
@@ -115,14 +149,8 @@ class ModelClient:
             if gate is not None:
                 await gate.admit(attempt)
             try:
-                # The request body goes in extra_body and the answer is parsed with orjson:
-                # the SDK's TypedDict transform of ``messages`` and its pydantic parsing of
-                # the answer were 45% of a call's CPU (profiled), and both only repeat what
-                # our own schemas already checked. Transport, auth and errors stay the SDK's.
-                raw = await self._client.chat.completions.with_raw_response.create(
-                    model=model, messages=[], extra_body={"messages": wire, **params}
-                )
-                reply = orjson.loads(raw.http_response.content)
+                raw = await send(self._client)
+                body = orjson.loads(raw.http_response.content)
             except openai.APIStatusError as exc:
                 code, retriable = _classify_status(exc)
                 wait = retry_after_seconds(exc.response.headers) if retriable else None
@@ -138,7 +166,7 @@ class ModelClient:
                 code, retriable, wait = ErrorCode.MODEL_ERROR, True, None
                 error = f"{type(exc).__name__}: {exc}"
             else:
-                return _reply(reply, attempt, started, feedback_from(raw.headers))
+                return raw, body, attempt
             if code is ErrorCode.RATE_LIMIT_EXHAUSTED:
                 now = time.monotonic()
                 limited_since = limited_since if limited_since is not None else now

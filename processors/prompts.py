@@ -89,6 +89,10 @@ class PromptProcessor:
         self._coalescer: Coalescer[tuple[ModelReply, bool]] = Coalescer()
         self._config = config
 
+    @property
+    def redis_round_trips(self) -> int:
+        return self._fleet.round_trips
+
     async def start(self) -> None:
         await self._model.start()
 

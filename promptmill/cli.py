@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("run", batch.run, "submit a file and follow it until every job is terminal")
     batch.add_submit_options(p)
     batch.add_output_options(p)
-    p = command("worker", worker.worker, "run the prompt processor")
-    p.add_argument("--processor", choices=["prompts"], default="prompts")
+    p = command("worker", worker.worker, "run a processor (prompts, or moderation)")
+    p.add_argument("--processor", choices=["prompts", "moderation"], default="prompts")
     p.add_argument("--concurrency", type=int, help="jobs in flight (default: setting)")
 
     p = command("lag", lag.lag, "consumer-group lag per partition, computed as KEDA does")

@@ -99,6 +99,7 @@ class Settings(BaseSettings):
     rate_limit_max_wait_seconds: float = Field(default=600.0, gt=0)
     completion_tokens_estimate: int = Field(default=256, ge=1)
     model_prices: dict[str, Price] = Field(default_factory=dict)
+    moderation_model: str | None = None
 
     # Observability
     metrics_host: str = "0.0.0.0"

@@ -10,6 +10,7 @@ from schemas.codec import decode, encode
 from schemas.errors import ErrorCode, PromptmillError
 from schemas.headers import Header
 from schemas.jobs import ChatMessage, PromptJob, TemplateRef
+from schemas.moderation import Verdict
 from schemas.results import Completion, Failure, SourcePosition, TerminalRecord, Usage
 from schemas.templates import LabelRecord, Template
 
@@ -28,6 +29,7 @@ __all__ = [
     "TemplateRef",
     "TerminalRecord",
     "Usage",
+    "Verdict",
     "decode",
     "encode",
 ]

@@ -2,7 +2,9 @@
 
 ``<prefix>.jobs`` carries prompt jobs; ``<prefix>.completions`` and ``<prefix>.failures``
 carry the terminal records; ``<prefix>.templates`` is compacted and holds every template
-version and label; ``<prefix>.batches`` holds batch manifests. Partitions, replication
+version and label; ``<prefix>.batches`` holds batch manifests; ``<prefix>.moderation``
+holds one verdict per completion, which is also routed to ``<prefix>.approved`` or
+``<prefix>.flagged``. Partitions, replication
 and retention come from settings; cleanup policy is part of the contract.
 """
 
@@ -20,12 +22,16 @@ class TopicKind(StrEnum):
     FAILURES = "failures"
     TEMPLATES = "templates"
     BATCHES = "batches"
+    MODERATION = "moderation"
+    APPROVED = "approved"
+    FLAGGED = "flagged"
 
 
 class ConsumerGroup(StrEnum):
     """Consumer group suffixes, one per processor."""
 
     PROMPTS = "prompts"
+    MODERATION = "moderation"
 
 
 DEFAULT_PARTITIONS: dict[TopicKind, int] = {
@@ -34,6 +40,9 @@ DEFAULT_PARTITIONS: dict[TopicKind, int] = {
     TopicKind.FAILURES: 3,
     TopicKind.TEMPLATES: 1,
     TopicKind.BATCHES: 3,
+    TopicKind.MODERATION: 6,
+    TopicKind.APPROVED: 6,
+    TopicKind.FLAGGED: 3,
 }
 DEFAULT_RETENTION_MS: dict[TopicKind, int] = {
     TopicKind.JOBS: 7 * DAY_MS,
@@ -41,6 +50,9 @@ DEFAULT_RETENTION_MS: dict[TopicKind, int] = {
     TopicKind.FAILURES: 30 * DAY_MS,
     TopicKind.TEMPLATES: -1,
     TopicKind.BATCHES: 30 * DAY_MS,
+    TopicKind.MODERATION: 14 * DAY_MS,
+    TopicKind.APPROVED: 14 * DAY_MS,
+    TopicKind.FLAGGED: 30 * DAY_MS,
 }
 COMPACTED = {TopicKind.TEMPLATES}
 

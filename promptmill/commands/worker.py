@@ -8,14 +8,16 @@ import logging
 import os
 import signal
 import socket
+from contextlib import AsyncExitStack
 
 from processors.fleet import FleetState, LimitTable
 from processors.fleet.state import FleetConfig, connect_redis
 from processors.model import ModelClient
+from processors.moderation import ModerationProcessor
 from processors.prompt_metrics import PromptMetrics
 from processors.prompts import PromptConfig, PromptProcessor
 from processors.retry import Backoff
-from processors.runtime import Worker, WorkerConfig
+from processors.runtime import Processor, Worker, WorkerConfig
 from processors.runtime.health import HealthServer
 from processors.runtime.metrics import Registry
 from processors.templates import TemplateRegistry
@@ -24,15 +26,15 @@ from promptmill.settings import Settings
 from topics import ConsumerGroup, TopicKind
 
 log = logging.getLogger(__name__)
+PROCESSORS = {
+    "prompts": (TopicKind.JOBS, ConsumerGroup.PROMPTS),
+    "moderation": (TopicKind.COMPLETIONS, ConsumerGroup.MODERATION),
+}
 
 
 async def worker(settings: Settings, args: argparse.Namespace) -> None:
     conn, catalog = app.kafka_connection(settings), app.catalog(settings)
     endpoint = app.model_endpoint(settings)
-    redis_url = app.redis_url(settings)
-    if redis_url is None:
-        log.warning("no Redis configured (REDIS_URL): running without the response cache")
-    redis = connect_redis(redis_url) if redis_url else None
     model = ModelClient(
         endpoint.base_url,
         endpoint.api_key,
@@ -41,6 +43,68 @@ async def worker(settings: Settings, args: argparse.Namespace) -> None:
         backoff=Backoff(settings.model_backoff_base_seconds, settings.model_backoff_max_seconds),
         rate_limit_max_wait=settings.rate_limit_max_wait_seconds,
     )
+    metrics = Registry()
+    async with AsyncExitStack() as resources:
+        processor: Processor
+        if args.processor == "moderation":
+            processor = ModerationProcessor(catalog, model, settings.moderation_model, metrics)
+        else:
+            processor = await _prompts(settings, resources, model, metrics, endpoint.default_model)
+        topic, group = PROCESSORS[args.processor]
+        concurrency = args.concurrency or settings.worker_concurrency
+        runtime = Worker(
+            conn,
+            processor,
+            WorkerConfig(
+                topics=[catalog.name(topic)],
+                group_id=catalog.group(group),
+                concurrency=concurrency,
+                drain_seconds=settings.worker_drain_seconds,
+                commit_interval=settings.worker_commit_interval_seconds,
+                session_timeout_ms=settings.worker_session_timeout_ms,
+                client_id=f"promptmill-{socket.gethostname()}-{os.getpid()}",
+            ),
+            metrics,
+        )
+        health = HealthServer(
+            metrics, lambda: runtime.ready, settings.metrics_host, settings.metrics_port
+        )
+        await health.start()
+        resources.push_async_callback(health.stop)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, runtime.request_stop)
+        log.info(
+            "%s worker: model %s at %s, concurrency %d",
+            args.processor,
+            endpoint.default_model,
+            endpoint.base_url,
+            concurrency,
+        )
+        await runtime.run()
+        if isinstance(processor, PromptProcessor):
+            log.info(
+                "redis round trips: %d for %d jobs",
+                processor.redis_round_trips,
+                runtime.stats.processed,
+            )
+
+
+async def _prompts(
+    settings: Settings,
+    resources: AsyncExitStack,
+    model: ModelClient,
+    metrics: Registry,
+    default_model: str,
+) -> PromptProcessor:
+    """The prompt processor, with its template registry and Redis (closed on exit)."""
+    catalog = app.catalog(settings)
+    redis_url = app.redis_url(settings)
+    if redis_url is None:
+        log.warning("no Redis configured (REDIS_URL): running without cache or shared limits")
+    redis = connect_redis(redis_url) if redis_url else None
+    if redis is not None:
+        resources.push_async_callback(redis.aclose)
     fleet = FleetState(
         redis,
         settings.redis_key_prefix,
@@ -53,15 +117,16 @@ async def worker(settings: Settings, args: argparse.Namespace) -> None:
             recovery_seconds=settings.rate_limit_recovery_seconds,
         ),
     )
-    metrics = Registry()
-    registry = TemplateRegistry(conn, catalog.name(TopicKind.TEMPLATES))
-    processor = PromptProcessor(
+    registry = await resources.enter_async_context(
+        TemplateRegistry(app.kafka_connection(settings), catalog.name(TopicKind.TEMPLATES))
+    )
+    return PromptProcessor(
         catalog,
         registry.store,
         model,
         fleet,
         PromptConfig(
-            default_model=endpoint.default_model,
+            default_model=default_model,
             max_prompt_tokens=settings.max_prompt_tokens,
             cache_enabled=settings.cache_enabled,
             completion_estimate=settings.completion_tokens_estimate,
@@ -70,38 +135,3 @@ async def worker(settings: Settings, args: argparse.Namespace) -> None:
         ),
         PromptMetrics(metrics),
     )
-    runtime = Worker(
-        conn,
-        processor,
-        WorkerConfig(
-            topics=[catalog.name(TopicKind.JOBS)],
-            group_id=catalog.group(ConsumerGroup.PROMPTS),
-            concurrency=args.concurrency or settings.worker_concurrency,
-            drain_seconds=settings.worker_drain_seconds,
-            commit_interval=settings.worker_commit_interval_seconds,
-            session_timeout_ms=settings.worker_session_timeout_ms,
-            client_id=f"promptmill-{socket.gethostname()}-{os.getpid()}",
-        ),
-        metrics,
-    )
-    health = HealthServer(
-        metrics, lambda: runtime.ready, settings.metrics_host, settings.metrics_port
-    )
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, runtime.request_stop)
-    log.info(
-        "prompt worker: model %s at %s, concurrency %d",
-        endpoint.default_model,
-        endpoint.base_url,
-        args.concurrency or settings.worker_concurrency,
-    )
-    try:
-        await health.start()
-        async with registry:
-            await runtime.run()
-        log.info("redis round trips: %d for %d jobs", fleet.round_trips, runtime.stats.processed)
-    finally:
-        await health.stop()
-        if redis is not None:
-            await redis.aclose()

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -94,8 +94,9 @@ class Env:
             )
         return result
 
-    def start_worker(self, **overrides: str) -> WorkerProcess:
-        worker = WorkerProcess.start(self.environ(**overrides), self.state_dir)
+    def start_worker(self, *args: str, **overrides: str) -> WorkerProcess:
+        """``promptmill worker ARGS`` in this env (``overrides``: environment variables)."""
+        worker = WorkerProcess.start(self.environ(**overrides), self.state_dir, args)
         self.workers.append(worker)
         return worker
 
@@ -173,11 +174,11 @@ class WorkerProcess:
     log: Path
 
     @classmethod
-    def start(cls, env: dict[str, str], state_dir: Path) -> WorkerProcess:
+    def start(cls, env: dict[str, str], state_dir: Path, args: Sequence[str] = ()) -> WorkerProcess:
         log = state_dir / f"worker-{uuid.uuid4().hex[:6]}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "promptmill", "worker"],
+                [sys.executable, "-m", "promptmill", "worker", *args],
                 env=env,
                 cwd=ROOT,
                 stdout=out,

@@ -1,0 +1,118 @@
+"""The moderation processor: a completion in, a verdict out, and the completion routed.
+
+Each completion from the completions topic is checked with the provider's moderation
+endpoint (OpenAI's ``/v1/moderations`` shape); the :class:`~schemas.Verdict` goes to the
+moderation topic and the completion itself, unchanged, to the approved or the flagged
+topic. It runs on the shared worker runtime, so commits are ordered and a completion that
+cannot be checked becomes a dead letter on the failures topic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from processors.model import ModelCallError, ModelClient
+from processors.runtime import InRecord, Outcome
+from processors.runtime.metrics import Registry
+from schemas import Completion, ErrorCode, Failure, Header, Verdict, encode
+from schemas.validation import describe_validation_error
+from topics import TopicCatalog, TopicKind
+
+
+class ModerationProcessor:
+    """Handles records of the completions topic."""
+
+    name = "moderation"
+
+    def __init__(
+        self,
+        catalog: TopicCatalog,
+        model: ModelClient,
+        moderation_model: str | None,
+        registry: Registry | None = None,
+    ) -> None:
+        self._verdicts = catalog.name(TopicKind.MODERATION)
+        self._approved = catalog.name(TopicKind.APPROVED)
+        self._flagged = catalog.name(TopicKind.FLAGGED)
+        self._failures = catalog.name(TopicKind.FAILURES)
+        self._model = model
+        self._moderation_model = moderation_model
+        self._counts = (registry or Registry()).counter(
+            "promptmill_verdicts_total", "Completions checked, by verdict.", ("flagged",)
+        )
+
+    async def start(self) -> None:
+        await self._model.start()
+
+    async def stop(self) -> None:
+        await self._model.stop()
+
+    async def handle(self, record: InRecord) -> Sequence[Outcome]:
+        try:
+            completion = Completion.model_validate_json(record.value or b"")
+        except ValidationError as exc:
+            code, message = describe_validation_error(exc)
+            return [self._failure(record, None, code, message)]
+        try:
+            body, attempts = await self._model.moderate(self._moderation_model, completion.text)
+        except ModelCallError as exc:
+            return [self._failure(record, completion, exc.code, exc.message, exc.attempts)]
+        result = body["results"][0]
+        verdict = Verdict(
+            job_id=completion.job_id,
+            batch_id=completion.batch_id,
+            tenant=completion.tenant,
+            custom_id=completion.custom_id,
+            flagged=bool(result.get("flagged")),
+            categories={k: bool(v) for k, v in (result.get("categories") or {}).items()},
+            scores={k: float(v) for k, v in (result.get("category_scores") or {}).items()},
+            model=str(body.get("model") or self._moderation_model or ""),
+            attempts=attempts,
+        )
+        self._counts.inc(flagged=str(verdict.flagged).lower())
+        key, headers = completion.job_id.encode(), list(record.headers)
+        route = self._flagged if verdict.flagged else self._approved
+        return [
+            Outcome(self._verdicts, encode(verdict), key=key, headers=headers),
+            Outcome(route, record.value or b"", key=key, headers=headers),
+        ]
+
+    def dead_letter(self, record: InRecord, error: BaseException) -> Outcome:
+        message = f"internal error: {type(error).__name__}: {error}"
+        return self._failure(record, None, ErrorCode.INTERNAL_ERROR, message)
+
+    def _failure(
+        self,
+        record: InRecord,
+        completion: Completion | None,
+        code: ErrorCode,
+        message: str,
+        attempts: int = 0,
+    ) -> Outcome:
+        job_id = (
+            completion.job_id
+            if completion
+            else (
+                record.header(Header.JOB_ID) or f"{record.topic}:{record.partition}:{record.offset}"
+            )
+        )
+        failure = Failure(
+            job_id=job_id,
+            batch_id=completion.batch_id if completion else record.header(Header.BATCH_ID),
+            tenant=completion.tenant if completion else record.header(Header.TENANT),
+            code=code,
+            message=f"moderation: {message}",
+            attempts=attempts,
+            payload=(record.value or b"").decode("utf-8", "replace"),
+            source=record.position,
+        )
+        return Outcome(
+            self._failures,
+            encode(failure),
+            key=job_id.encode(),
+            headers=list(record.headers),
+            dead_letter=True,
+            code=code.value,
+        )
