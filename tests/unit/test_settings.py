@@ -137,8 +137,12 @@ def test_catalog_names_and_specs() -> None:
         TopicKind.FAILURES: "staging.failures",
         TopicKind.TEMPLATES: "staging.templates",
         TopicKind.BATCHES: "staging.batches",
+        TopicKind.MODERATION: "staging.moderation",
+        TopicKind.APPROVED: "staging.approved",
+        TopicKind.FLAGGED: "staging.flagged",
     }
     assert catalog.group(ConsumerGroup.PROMPTS) == "staging.prompts"
+    assert catalog.group(ConsumerGroup.MODERATION) == "staging.moderation"
     specs = {s.kind: s for s in catalog.specs()}
     assert list(specs) == list(TopicKind)
     templates = specs[TopicKind.TEMPLATES]
