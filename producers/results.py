@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
-from schemas import BatchManifest, Completion, Failure, Header, decode
+from schemas import BatchDone, BatchManifest, Completion, Failure, Header, decode
 from topics import KafkaConnection, TopicCatalog, TopicKind
 from topics.partitions import topic_partitions
 
@@ -62,6 +63,13 @@ async def find_manifest(
     conn: KafkaConnection, catalog: TopicCatalog, batch_id: str
 ) -> BatchManifest | None:
     """The latest manifest of ``batch_id`` on the batches topic, if any."""
+    return (await scan_batch(conn, catalog, batch_id))[0]
+
+
+async def scan_batch(
+    conn: KafkaConnection, catalog: TopicCatalog, batch_id: str
+) -> tuple[BatchManifest | None, BatchDone | None]:
+    """The latest manifest and done event of ``batch_id`` on the batches topic."""
     consumer = AIOKafkaConsumer(**conn.client_options(), enable_auto_commit=False)
     await consumer.start()
     try:
@@ -69,14 +77,19 @@ async def find_manifest(
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        found: BatchManifest | None = None
+        manifest: BatchManifest | None = None
+        done: BatchDone | None = None
         key = batch_id.encode()
         while any([await consumer.position(tp) < ends[tp] for tp in tps]):
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
                     if record.key == key and record.value:
-                        found = decode(record.value, BatchManifest)
-        return found
+                        found = _batch_record(record.value)
+                        if isinstance(found, BatchManifest):
+                            manifest = found
+                        elif isinstance(found, BatchDone):
+                            done = found
+        return manifest, done
     finally:
         await consumer.stop()
 
@@ -145,6 +158,20 @@ class ResultFollower:
             found = offsets.get(tp)
             consumer.seek(tp, found.offset if found is not None else ends[tp])
         return tps
+
+
+def _batch_record(value: bytes) -> BatchManifest | BatchDone | None:
+    """A batches-topic record: a manifest or a done event (anything else: ``None``)."""
+    try:
+        data = orjson.loads(value)
+        kind = data.get("kind") if isinstance(data, dict) else None
+        if kind == "manifest":
+            return BatchManifest.model_validate(data)
+        if kind == "done":
+            return BatchDone.model_validate(data)
+    except (orjson.JSONDecodeError, ValidationError):
+        pass
+    return None
 
 
 def _terminal(record: Any, batch: bytes) -> Completion | Failure | None:

@@ -5,7 +5,7 @@ as JSON with orjson by :mod:`schemas.codec`, and carries ``schema_version`` so t
 consumer in any language can tell what it is reading.
 """
 
-from schemas.batches import BatchManifest
+from schemas.batches import BatchDone, BatchManifest
 from schemas.codec import decode, encode
 from schemas.errors import ErrorCode, PromptmillError
 from schemas.headers import Header
@@ -15,6 +15,7 @@ from schemas.results import Completion, Failure, SourcePosition, TerminalRecord,
 from schemas.templates import LabelRecord, Template
 
 __all__ = [
+    "BatchDone",
     "BatchManifest",
     "ChatMessage",
     "Completion",

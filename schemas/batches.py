@@ -28,3 +28,22 @@ class BatchManifest(BaseModel):
     templates: dict[str, int] = Field(default_factory=dict)
     started_at: datetime
     submitted_at: datetime
+
+
+class BatchDone(BaseModel):
+    """Published to the batches topic (keyed by batch id) once every job of a batch is
+    terminal, with its totals counted once per job id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["done"] = "done"
+    schema_version: Literal[1] = 1
+    batch_id: str
+    total: int
+    completed: int
+    failed: dict[str, int] = Field(default_factory=dict)
+    cached: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    finished_at: datetime

@@ -32,6 +32,7 @@ class ConsumerGroup(StrEnum):
 
     PROMPTS = "prompts"
     MODERATION = "moderation"
+    BATCHES = "batches"
 
 
 DEFAULT_PARTITIONS: dict[TopicKind, int] = {

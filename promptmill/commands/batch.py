@@ -12,6 +12,7 @@ from typing import BinaryIO
 from producers import BatchReport, Client, InputFormat
 from producers.client import SubmitReport, new_batch_id
 from producers.output import OutputFormat, format_record
+from producers.results import scan_batch
 from promptmill import app
 from promptmill.progress import ProgressLine
 from promptmill.settings import Settings
@@ -100,16 +101,55 @@ async def run(settings: Settings, args: argparse.Namespace) -> BatchReport:
     return report
 
 
-def summary(report: BatchReport, wall_seconds: float) -> str:
+def report_lines(report: BatchReport) -> list[str]:
+    """The counts of a batch report, one line each (shared by ``run`` and ``status``)."""
     failed = ", ".join(f"{code} {n}" for code, n in sorted(report.failed.items())) or "none"
+    tokens = f"{report.prompt_tokens} prompt, {report.completion_tokens} completion"
+    return [
+        f"batch {report.batch_id}",
+        f"  jobs        {report.total if report.total is not None else '?'}",
+        f"  completed   {report.completed} ({report.cached} from cache)",
+        f"  failed      {sum(report.failed.values())} ({failed})",
+        f"  tokens      {tokens}",
+        f"  cost        ${report.cost_usd:.6f}",
+    ]
+
+
+def summary(report: BatchReport, wall_seconds: float) -> str:
     return "\n".join(
         [
-            f"batch {report.batch_id}",
-            f"  jobs        {report.total}",
-            f"  completed   {report.completed} ({report.cached} from cache)",
-            f"  failed      {sum(report.failed.values())} ({failed})",
-            f"  tokens      {report.prompt_tokens} prompt, {report.completion_tokens} completion",
+            *report_lines(report),
             f"  wall time   {wall_seconds:.1f} s",
             f"  throughput  {(report.total or 0) / max(wall_seconds, 1e-6):.1f} jobs/s",
         ]
+    )
+
+
+async def status(settings: Settings, args: argparse.Namespace) -> None:
+    """A batch's totals, each job counted once; with --watch, live until it is done."""
+    conn, catalog = app.kafka_connection(settings), app.catalog(settings)
+    manifest, done = await scan_batch(conn, catalog, args.batch)
+    if manifest is None and not args.watch:
+        raise SystemExit(f"promptmill: no batch {args.batch!r} (no manifest on the batches topic)")
+    async with Client(conn, catalog) as client:
+        follower = client.follow(args.batch)
+        progress = ProgressLine(f"batch {args.batch}", manifest.total if manifest else None)
+        async for _ in follower.records(follow=args.watch, manifest=manifest):
+            if args.watch:
+                report = follower.report
+                progress.extra = f"failed {sum(report.failed.values())}"
+                progress.update(report.terminal, report.total)
+        if args.watch:
+            progress.finish()
+    if done is None:
+        manifest, done = await scan_batch(conn, catalog, args.batch)
+    print(
+        "\n".join(
+            [
+                *report_lines(follower.report),
+                f"  terminal    {follower.report.terminal}",
+                f"  started     {manifest.started_at.isoformat() if manifest else '-'}",
+                f"  finished    {done.finished_at.isoformat() if done else '-'}",
+            ]
+        )
     )

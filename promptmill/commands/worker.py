@@ -10,6 +10,9 @@ import signal
 import socket
 from contextlib import AsyncExitStack
 
+from redis.asyncio import Redis
+
+from processors.batches import BatchTracker
 from processors.fleet import FleetState, LimitTable
 from processors.fleet.state import FleetConfig, connect_redis
 from processors.model import ModelClient
@@ -22,13 +25,17 @@ from processors.runtime.health import HealthServer
 from processors.runtime.metrics import Registry
 from processors.templates import TemplateRegistry
 from promptmill import app
-from promptmill.settings import Settings
+from promptmill.settings import Settings, SettingsError
 from topics import ConsumerGroup, TopicKind
 
 log = logging.getLogger(__name__)
 PROCESSORS = {
-    "prompts": (TopicKind.JOBS, ConsumerGroup.PROMPTS),
-    "moderation": (TopicKind.COMPLETIONS, ConsumerGroup.MODERATION),
+    "prompts": ([TopicKind.JOBS], ConsumerGroup.PROMPTS),
+    "moderation": ([TopicKind.COMPLETIONS], ConsumerGroup.MODERATION),
+    "batches": (
+        [TopicKind.COMPLETIONS, TopicKind.FAILURES, TopicKind.BATCHES],
+        ConsumerGroup.BATCHES,
+    ),
 }
 
 
@@ -48,15 +55,20 @@ async def worker(settings: Settings, args: argparse.Namespace) -> None:
         processor: Processor
         if args.processor == "moderation":
             processor = ModerationProcessor(catalog, model, settings.moderation_model, metrics)
+        elif args.processor == "batches":
+            redis = _redis(settings, resources, required=True)
+            if redis is None:
+                raise SettingsError("the batch tracker needs Redis")
+            processor = BatchTracker(catalog, redis, settings.redis_key_prefix)
         else:
             processor = await _prompts(settings, resources, model, metrics, endpoint.default_model)
-        topic, group = PROCESSORS[args.processor]
+        kinds, group = PROCESSORS[args.processor]
         concurrency = args.concurrency or settings.worker_concurrency
         runtime = Worker(
             conn,
             processor,
             WorkerConfig(
-                topics=[catalog.name(topic)],
+                topics=[catalog.name(kind) for kind in kinds],
                 group_id=catalog.group(group),
                 concurrency=concurrency,
                 drain_seconds=settings.worker_drain_seconds,
@@ -99,12 +111,7 @@ async def _prompts(
 ) -> PromptProcessor:
     """The prompt processor, with its template registry and Redis (closed on exit)."""
     catalog = app.catalog(settings)
-    redis_url = app.redis_url(settings)
-    if redis_url is None:
-        log.warning("no Redis configured (REDIS_URL): running without cache or shared limits")
-    redis = connect_redis(redis_url) if redis_url else None
-    if redis is not None:
-        resources.push_async_callback(redis.aclose)
+    redis = _redis(settings, resources, required=False)
     fleet = FleetState(
         redis,
         settings.redis_key_prefix,
@@ -135,3 +142,15 @@ async def _prompts(
         ),
         PromptMetrics(metrics),
     )
+
+
+def _redis(settings: Settings, resources: AsyncExitStack, *, required: bool) -> Redis | None:
+    url = app.redis_url(settings)
+    if url is None:
+        if required:
+            raise SettingsError("this processor needs Redis: set REDIS_URL or `promptmill dev up`")
+        log.warning("no Redis configured (REDIS_URL): running without cache or shared limits")
+        return None
+    redis = connect_redis(url)
+    resources.push_async_callback(redis.aclose)
+    return redis

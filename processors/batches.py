@@ -1,0 +1,156 @@
+"""The batch tracker: counts each batch's terminal records once and announces when it is done.
+
+It consumes the completions, failures and batches topics on the shared runtime. One Redis
+script per record adds the job id to the batch's set and, only if it was new, bumps the
+batch's counters, so redelivered records are never counted twice. When every job of the
+manifest's total is terminal it publishes a :class:`~schemas.BatchDone` event, keyed by
+batch id, to the batches topic: once, and again only if the record that completed the batch
+is itself redelivered (the worker crashed before the event was acknowledged).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from processors.runtime import InRecord, Outcome
+from schemas import BatchDone, BatchManifest, Completion, ErrorCode, Failure, Header, encode
+from topics import TopicCatalog, TopicKind
+
+TTL_SECONDS = 7 * 24 * 3600
+
+# KEYS: counters hash, job-id set. ARGV: kind, record position, then per kind:
+# manifest: total | completion: job id, cached, prompt tokens, completion tokens, cost |
+# failure: job id, code; last: the keys' TTL in seconds.
+# Returns {} or, when the done event is to be published, the counters.
+TRACK = """
+local kind, position = ARGV[1], ARGV[2]
+if kind == 'manifest' then
+  redis.call('HSET', KEYS[1], 'total', ARGV[3])
+elseif redis.call('SADD', KEYS[2], ARGV[3]) == 1 then
+  if kind == 'completion' then
+    redis.call('HINCRBY', KEYS[1], 'completed', 1)
+    redis.call('HINCRBY', KEYS[1], 'cached', ARGV[4])
+    redis.call('HINCRBY', KEYS[1], 'prompt_tokens', ARGV[5])
+    redis.call('HINCRBY', KEYS[1], 'completion_tokens', ARGV[6])
+    redis.call('HINCRBYFLOAT', KEYS[1], 'cost_usd', ARGV[7])
+  else
+    redis.call('HINCRBY', KEYS[1], 'failed:' .. ARGV[4], 1)
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[#ARGV])
+redis.call('EXPIRE', KEYS[2], ARGV[#ARGV])
+local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
+if not total or redis.call('SCARD', KEYS[2]) < total then return {} end
+if redis.call('HSETNX', KEYS[1], 'done_by', position) == 0
+   and redis.call('HGET', KEYS[1], 'done_by') ~= position then
+  return {}
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
+class BatchTracker:
+    """Handles records of the completions, failures and batches topics."""
+
+    name = "batches"
+
+    def __init__(self, catalog: TopicCatalog, redis: Redis, prefix: str) -> None:
+        self._batches = catalog.name(TopicKind.BATCHES)
+        self._failures = catalog.name(TopicKind.FAILURES)
+        self._redis = redis
+        self._prefix = prefix
+        self._track = redis.register_script(TRACK)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def handle(self, record: InRecord) -> Sequence[Outcome]:
+        parsed = _parse(record.value)
+        if parsed is None:
+            return []  # not a record this tracker counts (a done event, a foreign record)
+        batch_id, args = parsed
+        if not batch_id:
+            return []
+        position = f"{record.topic}:{record.partition}:{record.offset}"
+        keys = [f"{self._prefix}:batch:{batch_id}", f"{self._prefix}:batch:{batch_id}:jobs"]
+        counters = await self._track(keys=keys, args=[args[0], position, *args[1:], TTL_SECONDS])
+        if not counters:
+            return []
+        done = _done(batch_id, counters)
+        return [
+            Outcome(
+                self._batches,
+                encode(done),
+                key=batch_id.encode(),
+                headers=[(Header.BATCH_ID.value, batch_id.encode())],
+            )
+        ]
+
+    def dead_letter(self, record: InRecord, error: BaseException) -> Outcome:
+        failure = Failure(
+            job_id=f"{record.topic}:{record.partition}:{record.offset}",
+            batch_id=record.header(Header.BATCH_ID),
+            code=ErrorCode.INTERNAL_ERROR,
+            message=f"batch tracker: {type(error).__name__}: {error}",
+            payload=(record.value or b"").decode("utf-8", "replace"),
+            source=record.position,
+        )
+        return Outcome(
+            self._failures,
+            encode(failure),
+            key=failure.job_id.encode(),
+            dead_letter=True,
+            code=ErrorCode.INTERNAL_ERROR.value,
+        )
+
+
+def _parse(value: bytes | None) -> tuple[str, list[Any]] | None:
+    """(batch id, script arguments) for a manifest, completion or failure record."""
+    try:
+        data = orjson.loads(value or b"")
+        kind = data.get("kind") if isinstance(data, dict) else None
+        if kind == "manifest":
+            manifest = BatchManifest.model_validate(data)
+            return manifest.batch_id, ["manifest", manifest.total]
+        if kind == "completion":
+            c = Completion.model_validate(data)
+            return c.batch_id, [
+                "completion",
+                c.job_id,
+                int(c.cached),
+                c.usage.prompt_tokens,
+                c.usage.completion_tokens,
+                repr(c.cost_usd),
+            ]
+        if kind == "failure":
+            f = Failure.model_validate(data)
+            return f.batch_id or "", ["failure", f.job_id, f.code.value]
+    except (orjson.JSONDecodeError, ValidationError):
+        return None
+    return None
+
+
+def _done(batch_id: str, flat: list[bytes]) -> BatchDone:
+    fields = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+    return BatchDone(
+        batch_id=batch_id,
+        total=int(fields["total"]),
+        completed=int(fields.get("completed", 0)),
+        failed={
+            k.removeprefix("failed:"): int(v) for k, v in fields.items() if k.startswith("failed:")
+        },
+        cached=int(fields.get("cached", 0)),
+        prompt_tokens=int(fields.get("prompt_tokens", 0)),
+        completion_tokens=int(fields.get("completion_tokens", 0)),
+        cost_usd=float(fields.get("cost_usd", 0.0)),
+        finished_at=datetime.now(UTC),
+    )
