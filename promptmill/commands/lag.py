@@ -14,7 +14,13 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group", help="consumer group (default: the prompt workers' group)")
     parser.add_argument("--topic", action="append", help="topic (default: the jobs topic)")
     parser.add_argument("--threshold", type=int, default=100, help="KEDA lagThreshold")
-    parser.add_argument("--offset-reset", choices=["latest", "earliest"], default="latest")
+    parser.add_argument(
+        "--offset-reset",
+        choices=["latest", "earliest"],
+        default="earliest",
+        help="KEDA's offsetResetPolicy; promptmill workers start at the earliest offset, so a "
+        "ScaledObject for them should say earliest too (KEDA's own default is latest)",
+    )
     parser.add_argument("--scale-to-zero-on-invalid", action="store_true")
 
 

@@ -36,7 +36,11 @@ async def test_lag_equals_the_kafka_consumer_groups_tool(env: Env, tmp_path: Pat
     finally:
         await consumer.stop()
 
-    ours = _parse_ours(env.cli("lag", "--group", group, "--threshold", "5").stdout)
+    ours = _parse_ours(
+        env.cli("lag", "--group", group, "--threshold", "5", "--offset-reset", "latest").stdout
+    )
+    earliest = _parse_ours(env.cli("lag", "--group", group, "--threshold", "5").stdout)
+    assert earliest[3][2] == earliest[3][1]  # no commit, earliest: the whole log is lag
     theirs = await asyncio.to_thread(_kafka_tool, env.endpoints.bootstrap, group, tmp_path)
     assert set(theirs) == {0, 1, 2}
     for partition, (current, log_end, lag) in theirs.items():
