@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from processors.runtime import InRecord, Outcome
+from processors.runtime.deadletters import dead_letter
 from schemas import BatchDone, BatchManifest, Completion, ErrorCode, Failure, Header, encode
 from topics import TopicCatalog, TopicKind
 
@@ -98,19 +99,13 @@ class BatchTracker:
     def dead_letter(self, record: InRecord, error: BaseException) -> Outcome:
         failure = Failure(
             job_id=f"{record.topic}:{record.partition}:{record.offset}",
-            batch_id=record.header(Header.BATCH_ID),
-            code=ErrorCode.INTERNAL_ERROR,
-            message=f"batch tracker: {type(error).__name__}: {error}",
+            code=ErrorCode.INTERNAL_ERROR,  # not attributed to the batch: it is no job of it
+            message=f"batch tracker ({record.header(Header.BATCH_ID)}): "
+            f"{type(error).__name__}: {error}",
             payload=(record.value or b"").decode("utf-8", "replace"),
             source=record.position,
         )
-        return Outcome(
-            self._failures,
-            encode(failure),
-            key=failure.job_id.encode(),
-            dead_letter=True,
-            code=ErrorCode.INTERNAL_ERROR.value,
-        )
+        return dead_letter(self._failures, failure)
 
 
 def _parse(value: bytes | None) -> tuple[str, list[Any]] | None:

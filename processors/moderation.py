@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from processors.model import ModelCallError, ModelClient
 from processors.runtime import InRecord, Outcome
+from processors.runtime.deadletters import dead_letter
 from processors.runtime.metrics import Registry
 from schemas import Completion, ErrorCode, Failure, Header, Verdict, encode
 from schemas.validation import describe_validation_error
@@ -108,11 +109,4 @@ class ModerationProcessor:
             payload=(record.value or b"").decode("utf-8", "replace"),
             source=record.position,
         )
-        return Outcome(
-            self._failures,
-            encode(failure),
-            key=job_id.encode(),
-            headers=list(record.headers),
-            dead_letter=True,
-            code=code.value,
-        )
+        return dead_letter(self._failures, failure)

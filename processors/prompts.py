@@ -24,6 +24,7 @@ from processors.model import ModelCallError, ModelClient, ModelReply
 from processors.pricing import Price, cost_usd
 from processors.prompt_metrics import PromptMetrics
 from processors.runtime import InRecord, Outcome
+from processors.runtime.deadletters import dead_letter, job_headers, job_id_of
 from processors.runtime.metrics import Registry
 from processors.templates import Renderer, TemplateStore
 from schemas import (
@@ -117,7 +118,7 @@ class PromptProcessor:
                 self._completions,
                 encode(completion),
                 key=job.job_id.encode(),
-                headers=_headers(job.batch_id, job.job_id, job.tenant),
+                headers=job_headers(job.batch_id, job.job_id, job.tenant),
             )
         ]
 
@@ -223,7 +224,7 @@ class PromptProcessor:
         retriable: bool = False,
     ) -> Outcome:
         raw = record.value or b""
-        job_id = job.job_id if job else _job_id_of(record)
+        job_id = job.job_id if job else job_id_of(record)
         batch_id = job.batch_id if job else record.header(Header.BATCH_ID)
         failure = Failure(
             job_id=job_id,
@@ -241,36 +242,11 @@ class PromptProcessor:
             metadata=job.metadata if job else {},
         )
         log.info("job %s failed: %s: %s", job_id, code.value, message)
-        return Outcome(
-            self._failures,
-            encode(failure),
-            key=job_id.encode(),
-            headers=_headers(batch_id, job_id, failure.tenant),
-            dead_letter=True,
-            code=code.value,
-        )
+        return dead_letter(self._failures, failure)
 
 
 def _deterministic(params: ModelParams) -> bool:
     return params.temperature == 0 or params.seed is not None
-
-
-def _job_id_of(record: InRecord) -> str:
-    from_header = record.header(Header.JOB_ID)
-    if from_header:
-        return from_header
-    if record.key:
-        return record.key.decode("utf-8", "replace")
-    return f"{record.topic}:{record.partition}:{record.offset}"
-
-
-def _headers(batch_id: str | None, job_id: str, tenant: str | None) -> list[tuple[str, bytes]]:
-    headers = [(Header.JOB_ID.value, job_id.encode())]
-    if batch_id:
-        headers.append((Header.BATCH_ID.value, batch_id.encode()))
-    if tenant:
-        headers.append((Header.TENANT.value, tenant.encode()))
-    return headers
 
 
 def _reply_to_cache(reply: ModelReply) -> bytes:
