@@ -120,8 +120,15 @@ def render_log4j() -> str:
 
 
 def new_cluster_id() -> str:
-    """A KRaft cluster id: URL-safe base64 of 16 random bytes, without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A KRaft cluster id: URL-safe base64 of 16 random bytes, without padding.
+
+    Like Kafka's own ``Uuid.randomUuid()``, never one that starts with ``-``: the storage
+    tool's argument parser would take it for an option (about 1 id in 64).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def java_executable() -> str:
@@ -246,7 +253,7 @@ def format_storage(libs: Path, home: Path, port: int, controller_port: int) -> P
     log4j = home / "log4j.properties"
     log4j.write_text(render_log4j())
     cmd = kafka_tool_command(libs, "kafka.tools.StorageTool", log4j)
-    cmd += ["format", "-t", new_cluster_id(), "-c", str(config)]
+    cmd += ["format", f"--cluster-id={new_cluster_id()}", "-c", str(config)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from promptmill.dev.kafka import KAFKA_VERSION, SCALA_VERSION, render_pom, render_server_properties
+from promptmill.dev.kafka import (
+    KAFKA_VERSION,
+    SCALA_VERSION,
+    new_cluster_id,
+    render_pom,
+    render_server_properties,
+)
 from promptmill.dev.processes import is_alive
 from promptmill.dev.stack import STACK_FILE, StackInfo, down, load_stack, status, up
 
@@ -68,3 +74,10 @@ def test_up_status_idempotent_down(tmp_path: Path) -> None:
     assert not any(is_alive(pid) for pid in _pids(first))
     assert not (state / "kafka" / "data").exists()
     assert not (state / "redis" / "data").exists()
+
+
+def test_cluster_ids_never_look_like_options() -> None:
+    ids = {new_cluster_id() for _ in range(5000)}
+    assert len(ids) == 5000
+    assert not any(i.startswith("-") for i in ids)
+    assert all(len(i) == 22 for i in ids)
