@@ -20,7 +20,16 @@ from redis.asyncio import Redis
 
 from processors.runtime import InRecord, Outcome
 from processors.runtime.deadletters import dead_letter
-from schemas import BatchDone, BatchManifest, Completion, ErrorCode, Failure, Header, encode
+from schemas import (
+    BatchDone,
+    BatchManifest,
+    Completion,
+    ErrorCode,
+    Failure,
+    Header,
+    Stage,
+    encode,
+)
 from topics import TopicCatalog, TopicKind
 
 TTL_SECONDS = 7 * 24 * 3600
@@ -99,7 +108,8 @@ class BatchTracker:
     def dead_letter(self, record: InRecord, error: BaseException) -> Outcome:
         failure = Failure(
             job_id=f"{record.topic}:{record.partition}:{record.offset}",
-            code=ErrorCode.INTERNAL_ERROR,  # not attributed to the batch: it is no job of it
+            code=ErrorCode.INTERNAL_ERROR,
+            stage=Stage.BATCHES,  # not attributed to the batch: it is no job of it
             message=f"batch tracker ({record.header(Header.BATCH_ID)}): "
             f"{type(error).__name__}: {error}",
             payload=(record.value or b"").decode("utf-8", "replace"),
@@ -128,6 +138,8 @@ def _parse(value: bytes | None) -> tuple[str, list[Any]] | None:
             ]
         if kind == "failure":
             f = Failure.model_validate(data)
+            if not f.terminal:
+                return None
             return f.batch_id or "", ["failure", f.job_id, f.code.value]
     except (orjson.JSONDecodeError, ValidationError):
         return None

@@ -17,7 +17,7 @@ from processors.model import ModelCallError, ModelClient
 from processors.runtime import InRecord, Outcome
 from processors.runtime.deadletters import dead_letter
 from processors.runtime.metrics import Registry
-from schemas import Completion, ErrorCode, Failure, Header, Verdict, encode
+from schemas import Completion, ErrorCode, Failure, Header, Stage, Verdict, encode
 from schemas.validation import describe_validation_error
 from topics import TopicCatalog, TopicKind
 
@@ -105,6 +105,7 @@ class ModerationProcessor:
             tenant=completion.tenant if completion else record.header(Header.TENANT),
             code=code,
             message=f"moderation: {message}",
+            stage=Stage.MODERATION,
             attempts=attempts,
             payload=(record.value or b"").decode("utf-8", "replace"),
             source=record.position,

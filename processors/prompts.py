@@ -237,12 +237,24 @@ class PromptProcessor:
             attempts=attempts,
             template=job.template if job else None,
             template_version=job.template_version if job else None,
+            model=self._model_of(job) if job else None,
             payload=raw.decode("utf-8", "replace"),
             source=record.position,
             metadata=job.metadata if job else {},
         )
         log.info("job %s failed: %s: %s", job_id, code.value, message)
         return dead_letter(self._failures, failure)
+
+    def _model_of(self, job: PromptJob) -> str:
+        """The model a job is (or would have been) sent to, for its failure record."""
+        if job.model:
+            return job.model
+        try:
+            ref = job.template_ref()
+            template = self._templates.resolve(ref) if ref else None
+        except PromptmillError:
+            template = None
+        return (template.model if template else None) or self._config.default_model
 
 
 def _deterministic(params: ModelParams) -> bool:

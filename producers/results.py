@@ -70,7 +70,9 @@ async def scan_batch(
     conn: KafkaConnection, catalog: TopicCatalog, batch_id: str
 ) -> tuple[BatchManifest | None, BatchDone | None]:
     """The latest manifest and done event of ``batch_id`` on the batches topic."""
-    consumer = AIOKafkaConsumer(**conn.client_options(), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        **conn.client_options(), enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         tps = await topic_partitions(consumer, catalog.name(TopicKind.BATCHES))
@@ -181,6 +183,7 @@ def _terminal(record: Any, batch: bytes) -> Completion | Failure | None:
     try:
         if record.topic.endswith(TopicKind.COMPLETIONS.value):
             return decode(record.value, Completion)
-        return decode(record.value, Failure)
+        failure = decode(record.value, Failure)
     except ValidationError:
         return None
+    return failure if failure.terminal else None

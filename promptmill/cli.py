@@ -13,7 +13,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from promptmill.commands import admin, batch, dev, lag, worker
+from promptmill.commands import admin, batch, dev, lag, report, worker
 from promptmill.dev.processes import StackError
 from promptmill.settings import load_settings
 from schemas import PromptmillError
@@ -73,10 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("run", batch.run, "submit a file and follow it until every job is terminal")
     batch.add_submit_options(p)
     batch.add_output_options(p)
-    p = command("worker", worker.worker, "run a processor (prompts, moderation, batches)")
-    p.add_argument("--processor", choices=["prompts", "moderation", "batches"], default="prompts")
+    p = command(
+        "worker", worker.worker, "run a processor (prompts, moderation, batches, reporting)"
+    )
+    p.add_argument("--processor", choices=list(worker.PROCESSORS), default="prompts")
     p.add_argument("--concurrency", type=int, help="jobs in flight (default: setting)")
 
+    p = command("report", report.report, "usage, cost and latency by template, model, tenant")
+    report.add_options(p)
     p = command("lag", lag.lag, "consumer-group lag per partition, computed as KEDA does")
     lag.add_options(p)
 

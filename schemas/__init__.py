@@ -11,7 +11,8 @@ from schemas.errors import ErrorCode, PromptmillError
 from schemas.headers import Header
 from schemas.jobs import ChatMessage, PromptJob, TemplateRef
 from schemas.moderation import Verdict
-from schemas.results import Completion, Failure, SourcePosition, TerminalRecord, Usage
+from schemas.reports import WindowReport
+from schemas.results import Completion, Failure, SourcePosition, Stage, TerminalRecord, Usage
 from schemas.templates import LabelRecord, Template
 
 __all__ = [
@@ -26,11 +27,13 @@ __all__ = [
     "PromptJob",
     "PromptmillError",
     "SourcePosition",
+    "Stage",
     "Template",
     "TemplateRef",
     "TerminalRecord",
     "Usage",
     "Verdict",
+    "WindowReport",
     "decode",
     "encode",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -63,6 +64,17 @@ class Completion(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class Stage(StrEnum):
+    """Which processor wrote a failure. Only ``prompt`` failures are a job's terminal record;
+    the others are dead letters of records downstream of a job (a completion that could
+    not be moderated, a record a tracker could not read) and never count against a batch."""
+
+    PROMPT = "prompt"
+    MODERATION = "moderation"
+    BATCHES = "batches"
+    REPORTING = "reporting"
+
+
 class Failure(BaseModel):
     """A dead letter: a job that cannot succeed, with a stable code and its payload."""
 
@@ -80,10 +92,17 @@ class Failure(BaseModel):
     attempts: int = 0
     template: str | None = None
     template_version: int | None = None
+    model: str | None = None
+    stage: Stage = Stage.PROMPT
     payload: str = ""
     source: SourcePosition | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     failed_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def terminal(self) -> bool:
+        """Whether this failure is its job's terminal record (see :class:`Stage`)."""
+        return self.stage is Stage.PROMPT
 
 
 TerminalRecord = Completion | Failure

@@ -4,7 +4,7 @@
 carry the terminal records; ``<prefix>.templates`` is compacted and holds every template
 version and label; ``<prefix>.batches`` holds batch manifests; ``<prefix>.moderation``
 holds one verdict per completion, which is also routed to ``<prefix>.approved`` or
-``<prefix>.flagged``. Partitions, replication
+``<prefix>.flagged``; ``<prefix>.reports`` holds windowed usage reports. Partitions, replication
 and retention come from settings; cleanup policy is part of the contract.
 """
 
@@ -25,6 +25,7 @@ class TopicKind(StrEnum):
     MODERATION = "moderation"
     APPROVED = "approved"
     FLAGGED = "flagged"
+    REPORTS = "reports"
 
 
 class ConsumerGroup(StrEnum):
@@ -33,6 +34,7 @@ class ConsumerGroup(StrEnum):
     PROMPTS = "prompts"
     MODERATION = "moderation"
     BATCHES = "batches"
+    REPORTING = "reporting"
 
 
 DEFAULT_PARTITIONS: dict[TopicKind, int] = {
@@ -44,6 +46,7 @@ DEFAULT_PARTITIONS: dict[TopicKind, int] = {
     TopicKind.MODERATION: 6,
     TopicKind.APPROVED: 6,
     TopicKind.FLAGGED: 3,
+    TopicKind.REPORTS: 3,
 }
 DEFAULT_RETENTION_MS: dict[TopicKind, int] = {
     TopicKind.JOBS: 7 * DAY_MS,
@@ -54,6 +57,7 @@ DEFAULT_RETENTION_MS: dict[TopicKind, int] = {
     TopicKind.MODERATION: 14 * DAY_MS,
     TopicKind.APPROVED: 14 * DAY_MS,
     TopicKind.FLAGGED: 30 * DAY_MS,
+    TopicKind.REPORTS: 90 * DAY_MS,
 }
 COMPACTED = {TopicKind.TEMPLATES}
 

@@ -19,6 +19,7 @@ from processors.model import ModelClient
 from processors.moderation import ModerationProcessor
 from processors.prompt_metrics import PromptMetrics
 from processors.prompts import PromptConfig, PromptProcessor
+from processors.reporting import ReportingConfig, ReportingProcessor
 from processors.retry import Backoff
 from processors.runtime import Processor, Worker, WorkerConfig
 from processors.runtime.health import HealthServer
@@ -36,6 +37,7 @@ PROCESSORS = {
         [TopicKind.COMPLETIONS, TopicKind.FAILURES, TopicKind.BATCHES],
         ConsumerGroup.BATCHES,
     ),
+    "reporting": ([TopicKind.COMPLETIONS, TopicKind.FAILURES], ConsumerGroup.REPORTING),
 }
 
 
@@ -56,10 +58,15 @@ async def worker(settings: Settings, args: argparse.Namespace) -> None:
         if args.processor == "moderation":
             processor = ModerationProcessor(catalog, model, settings.moderation_model, metrics)
         elif args.processor == "batches":
-            redis = _redis(settings, resources, required=True)
-            if redis is None:
-                raise SettingsError("the batch tracker needs Redis")
+            redis = _required_redis(settings, resources)
             processor = BatchTracker(catalog, redis, settings.redis_key_prefix)
+        elif args.processor == "reporting":
+            redis = _required_redis(settings, resources)
+            config = ReportingConfig(
+                window_seconds=settings.report_window_seconds,
+                flush_seconds=settings.report_flush_seconds,
+            )
+            processor = ReportingProcessor(conn, catalog, redis, settings.redis_key_prefix, config)
         else:
             processor = await _prompts(settings, resources, model, metrics, endpoint.default_model)
         kinds, group = PROCESSORS[args.processor]
@@ -94,6 +101,12 @@ async def worker(settings: Settings, args: argparse.Namespace) -> None:
             concurrency,
         )
         await runtime.run()
+        if isinstance(processor, ReportingProcessor):
+            log.info(
+                "reporting: %d records counted, %d repeats ignored",
+                processor.counted,
+                processor.repeats,
+            )
         if isinstance(processor, PromptProcessor):
             log.info(
                 "redis round trips: %d for %d jobs",
@@ -111,7 +124,7 @@ async def _prompts(
 ) -> PromptProcessor:
     """The prompt processor, with its template registry and Redis (closed on exit)."""
     catalog = app.catalog(settings)
-    redis = _redis(settings, resources, required=False)
+    redis = _redis(settings, resources)
     fleet = FleetState(
         redis,
         settings.redis_key_prefix,
@@ -144,13 +157,17 @@ async def _prompts(
     )
 
 
-def _redis(settings: Settings, resources: AsyncExitStack, *, required: bool) -> Redis | None:
-    url = app.redis_url(settings)
-    if url is None:
-        if required:
-            raise SettingsError("this processor needs Redis: set REDIS_URL or `promptmill dev up`")
+def _redis(settings: Settings, resources: AsyncExitStack) -> Redis | None:
+    if app.redis_url(settings) is None:
         log.warning("no Redis configured (REDIS_URL): running without cache or shared limits")
         return None
+    return _required_redis(settings, resources)
+
+
+def _required_redis(settings: Settings, resources: AsyncExitStack) -> Redis:
+    url = app.redis_url(settings)
+    if url is None:
+        raise SettingsError("this processor needs Redis: set REDIS_URL or `promptmill dev up`")
     redis = connect_redis(url)
     resources.push_async_callback(redis.aclose)
     return redis

@@ -140,8 +140,10 @@ def test_catalog_names_and_specs() -> None:
         TopicKind.MODERATION: "staging.moderation",
         TopicKind.APPROVED: "staging.approved",
         TopicKind.FLAGGED: "staging.flagged",
+        TopicKind.REPORTS: "staging.reports",
     }
     assert catalog.group(ConsumerGroup.PROMPTS) == "staging.prompts"
+    assert catalog.group(ConsumerGroup.REPORTING) == "staging.reporting"
     assert catalog.group(ConsumerGroup.MODERATION) == "staging.moderation"
     specs = {s.kind: s for s in catalog.specs()}
     assert list(specs) == list(TopicKind)

@@ -1,0 +1,304 @@
+"""The reporting processor: windowed usage totals per tenant x template@version x model.
+
+It consumes the completions and failures topics on the shared runtime and keeps its state
+in Redis, where one script per record does everything that must not be split by a crash:
+add the job id to its batch's set and, only if it is new, count the record into its
+window (requests, completions, failures by code, cache hits, tokens, cost, a latency
+histogram), bump the window's revision and mark the window dirty with that revision.
+Redelivered records after a ``kill -9`` therefore change nothing, and nothing counted
+can be lost: the input offset is committed only after the script ran.
+
+A flusher publishes dirty windows to the reports topic every ``flush_seconds`` (one
+flusher at a time fleet-wide, by a Redis lock) and clears a window's dirty mark only if
+no newer revision arrived while it was being published. A window is thus republished
+after every change, at most once per flush, and readers keep its highest revision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from processors.runtime import InRecord, Outcome
+from processors.runtime.deadletters import dead_letter
+from processors.runtime.metrics import Registry
+from schemas import Completion, ErrorCode, Failure, Header, Stage, WindowReport, encode
+from schemas.reports import NONE, latency_bucket, percentile, template_label, window_key
+from topics import KafkaConnection, TopicCatalog, TopicKind
+
+log = logging.getLogger(__name__)
+
+# KEYS: the batch's job-id set, the window hash, the dirty set.
+# ARGV: job id, window key, TTL, tenant, template, model, window start, window seconds,
+# kind, then per kind -- completion: cached, prompt tokens, completion tokens, cost,
+# latency bucket (-1: none) | failure: code. Returns 1 if counted, 0 if seen before.
+COUNT = """
+if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
+local w = KEYS[2]
+redis.call('HSETNX', w, 'tenant', ARGV[4])
+redis.call('HSETNX', w, 'template', ARGV[5])
+redis.call('HSETNX', w, 'model', ARGV[6])
+redis.call('HSETNX', w, 'window_start', ARGV[7])
+redis.call('HSETNX', w, 'window_seconds', ARGV[8])
+redis.call('HINCRBY', w, 'requests', 1)
+if ARGV[9] == 'completion' then
+  redis.call('HINCRBY', w, 'completions', 1)
+  redis.call('HINCRBY', w, 'cache_hits', ARGV[10])
+  redis.call('HINCRBY', w, 'prompt_tokens', ARGV[11])
+  redis.call('HINCRBY', w, 'completion_tokens', ARGV[12])
+  redis.call('HINCRBYFLOAT', w, 'cost_usd', ARGV[13])
+  if ARGV[14] ~= '-1' then redis.call('HINCRBY', w, 'lat:' .. ARGV[14], 1) end
+else
+  redis.call('HINCRBY', w, 'failed:' .. ARGV[10], 1)
+end
+local revision = redis.call('HINCRBY', w, 'revision', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', w, ARGV[3])
+redis.call('ZADD', KEYS[3], revision, ARGV[2])
+return 1
+"""
+
+# KEYS: the dirty set. ARGV: pairs of (window key, revision published).
+CLEAN = """
+for i = 1, #ARGV, 2 do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return 0
+"""
+
+# KEYS: the lock. ARGV: token.
+UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class ReportingConfig:
+    window_seconds: int = 60
+    flush_seconds: float = 1.0
+    ttl_seconds: int = 7 * 24 * 3600
+    flush_batch: int = 500
+
+
+class ReportingProcessor:
+    """Handles records of the completions and failures topics."""
+
+    name = "reporting"
+
+    def __init__(
+        self,
+        conn: KafkaConnection,
+        catalog: TopicCatalog,
+        redis: Redis,
+        prefix: str,
+        config: ReportingConfig | None = None,
+        registry: Registry | None = None,
+    ) -> None:
+        self._conn = conn
+        self._reports = catalog.name(TopicKind.REPORTS)
+        self._failures = catalog.name(TopicKind.FAILURES)
+        self._redis = redis
+        self._prefix = f"{prefix}:report"
+        self._config = config or ReportingConfig()
+        self._count = redis.register_script(COUNT)
+        self._clean = redis.register_script(CLEAN)
+        self._unlock = redis.register_script(UNLOCK)
+        self._producer: AIOKafkaProducer | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._token = uuid.uuid4().hex
+        metrics = registry or Registry()
+        self._records = metrics.counter(
+            "promptmill_report_records_total",
+            "Terminal records seen by reporting, by whether they were counted or repeats.",
+            ("counted",),
+        )
+        self._published = metrics.counter(
+            "promptmill_report_windows_published_total", "Window reports published."
+        )
+        self.counted = 0
+        self.repeats = 0
+
+    async def start(self) -> None:
+        if self._producer is not None:
+            return
+        self._producer = AIOKafkaProducer(
+            **self._conn.client_options(), acks="all", enable_idempotence=True, linger_ms=20
+        )
+        await self._producer.start()
+        self._flusher = asyncio.create_task(self._flush_loop(), name="report-flusher")
+
+    async def stop(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+            with contextlib.suppress(RedisError, OSError):
+                await self.flush()  # what this worker counted last goes out now
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def handle(self, record: InRecord) -> Sequence[Outcome]:
+        counted = _count_args(record.value, self._config.window_seconds)
+        if counted is None:
+            return []  # not a job's terminal record (a downstream dead letter, a foreign record)
+        batch_id, job_id, start, dims, tail = counted
+        wkey = window_key(start, *dims)
+        keys = [
+            f"{self._prefix}:seen:{batch_id}",
+            f"{self._prefix}:w:{wkey}",
+            f"{self._prefix}:dirty",
+        ]
+        args: list[Any] = [job_id, wkey, self._config.ttl_seconds, *dims, int(start.timestamp())]
+        new = await self._count(keys=keys, args=[*args, self._config.window_seconds, *tail])
+        self._records.inc(counted=str(bool(new)).lower())
+        if new:
+            self.counted += 1
+        else:
+            self.repeats += 1
+        return []
+
+    def dead_letter(self, record: InRecord, error: BaseException) -> Outcome:
+        failure = Failure(
+            job_id=f"{record.topic}:{record.partition}:{record.offset}",
+            batch_id=record.header(Header.BATCH_ID),
+            code=ErrorCode.INTERNAL_ERROR,
+            message=f"reporting: {type(error).__name__}: {error}",
+            stage=Stage.REPORTING,
+            payload=(record.value or b"").decode("utf-8", "replace"),
+            source=record.position,
+        )
+        return dead_letter(self._failures, failure)
+
+    async def flush(self) -> int:
+        """Publish every dirty window once (if no other worker is flushing); how many."""
+        lock = f"{self._prefix}:flush-lock"
+        if not await self._redis.set(lock, self._token, nx=True, px=30_000):
+            return 0
+        published = 0
+        try:
+            while True:
+                dirty: list[tuple[bytes, float]] = await self._redis.zrange(  # type: ignore[assignment]
+                    f"{self._prefix}:dirty", 0, self._config.flush_batch - 1, withscores=True
+                )
+                if not dirty:
+                    return published
+                await self._publish(dirty)
+                published += len(dirty)
+                if len(dirty) < self._config.flush_batch:
+                    return published
+        finally:
+            await self._unlock(keys=[lock], args=[self._token])
+
+    async def _publish(self, dirty: list[tuple[bytes, float]]) -> None:
+        if self._producer is None:
+            raise RuntimeError("the reporting processor is not started")
+        pipe = self._redis.pipeline(transaction=False)
+        for member, _ in dirty:
+            pipe.hgetall(f"{self._prefix}:w:{member.decode()}")
+        snapshots: list[dict[bytes, bytes]] = await pipe.execute()
+        sends = []
+        for snapshot in snapshots:
+            if snapshot:
+                report = window_report(snapshot)
+                sends.append(
+                    await self._producer.send(
+                        self._reports, encode(report), key=report.key.encode()
+                    )
+                )
+        await asyncio.gather(*sends)
+        self._published.inc(len(sends))
+        published: list[Any] = []
+        for member, revision in dirty:
+            published += [member, int(revision)]
+        await self._clean(keys=[f"{self._prefix}:dirty"], args=published)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.flush_seconds)
+            try:
+                await self.flush()
+            except (RedisError, OSError) as exc:
+                log.warning("report flush failed, will retry: %s", exc)
+            except Exception:
+                log.exception("report flush failed, will retry")
+
+
+def _count_args(
+    value: bytes | None, window_seconds: int
+) -> tuple[str, str, datetime, tuple[str, str, str], list[Any]] | None:
+    """(batch id, job id, window start, dimensions, kind arguments) of a terminal record."""
+    try:
+        data = orjson.loads(value or b"")
+        kind = data.get("kind") if isinstance(data, dict) else None
+        if kind == "completion":
+            c = Completion.model_validate(data)
+            tail: list[Any] = [
+                "completion",
+                int(c.cached),
+                c.usage.prompt_tokens,
+                c.usage.completion_tokens,
+                repr(c.cost_usd),
+                -1 if c.cached else latency_bucket(c.latency_ms),
+            ]
+            dims = (c.tenant, template_label(c.template, c.template_version), c.model)
+            return c.batch_id, c.job_id, _window(c.created_at, window_seconds), dims, tail
+        if kind == "failure":
+            f = Failure.model_validate(data)
+            if not f.terminal:
+                return None
+            dims = (
+                f.tenant or NONE,
+                template_label(f.template, f.template_version),
+                f.model or NONE,
+            )
+            start = _window(f.failed_at, window_seconds)
+            return f.batch_id or NONE, f.job_id, start, dims, ["failure", f.code.value]
+    except (orjson.JSONDecodeError, ValidationError):
+        return None
+    return None
+
+
+def _window(at: datetime, seconds: int) -> datetime:
+    epoch = int(at.timestamp())
+    return datetime.fromtimestamp(epoch - epoch % seconds, UTC)
+
+
+def window_report(snapshot: dict[bytes, bytes]) -> WindowReport:
+    """The report record of a window hash as the COUNT script keeps it."""
+    fields = {k.decode(): v.decode() for k, v in snapshot.items()}
+    histogram = {int(k[4:]): int(v) for k, v in fields.items() if k.startswith("lat:")}
+    return WindowReport(
+        window_start=datetime.fromtimestamp(int(fields["window_start"]), UTC),
+        window_seconds=int(fields["window_seconds"]),
+        tenant=fields["tenant"],
+        template=fields["template"],
+        model=fields["model"],
+        revision=int(fields["revision"]),
+        requests=int(fields.get("requests", 0)),
+        completions=int(fields.get("completions", 0)),
+        failures={k[7:]: int(v) for k, v in fields.items() if k.startswith("failed:")},
+        cache_hits=int(fields.get("cache_hits", 0)),
+        prompt_tokens=int(fields.get("prompt_tokens", 0)),
+        completion_tokens=int(fields.get("completion_tokens", 0)),
+        cost_usd=float(fields.get("cost_usd", 0.0)),
+        latency_histogram=histogram,
+        latency_p50_ms=percentile(histogram, 0.5),
+        latency_p95_ms=percentile(histogram, 0.95),
+    )

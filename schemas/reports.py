@@ -1,0 +1,97 @@
+"""Usage reports: one record per time window and (tenant, template@version, model).
+
+The reporting processor counts every job once, in the window of its terminal record's
+time, and publishes the window's running totals to the reports topic, keyed by
+:meth:`WindowReport.key`. A window is republished whenever a late record changes it;
+``revision`` grows with every change, so a reader keeps the highest revision per key.
+
+Latency is carried as a histogram over fixed bucket bounds (:data:`LATENCY_BOUNDS_MS`),
+so that windows and groups merge exactly and percentiles are read off the merged counts.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.results import utcnow
+
+# Upper bounds (ms) of the latency buckets: 1 ms growing by 25% to ~10 min; the last
+# bucket holds everything slower.
+LATENCY_BOUNDS_MS: tuple[float, ...] = tuple(round(1.25**i, 3) for i in range(61))
+NONE = "-"  # the dimension value of a record that has none (no template, unknown model)
+
+
+def template_label(ref: str | None, version: int | None) -> str:
+    """The template dimension of a record: ``name@version``, the reference as the job gave
+    it when no version was resolved, or ``-`` for a job without a template."""
+    if not ref:
+        return NONE
+    name = ref.split("@", 1)[0]
+    return f"{name}@{version}" if version is not None else ref
+
+
+def latency_bucket(ms: float) -> int:
+    """The index of the bucket that counts a latency of ``ms``."""
+    return bisect.bisect_left(LATENCY_BOUNDS_MS, ms)
+
+
+def percentile(histogram: Mapping[int, int], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of a latency histogram, as its bucket's upper bound (ms)."""
+    total = sum(histogram.values())
+    if total == 0:
+        return None
+    rank, seen = q * total, 0
+    for index in sorted(histogram):
+        seen += histogram[index]
+        if seen >= rank:
+            return LATENCY_BOUNDS_MS[min(index, len(LATENCY_BOUNDS_MS) - 1)]
+    return LATENCY_BOUNDS_MS[-1]
+
+
+def merge_histograms(histograms: Iterable[Mapping[int, int]]) -> dict[int, int]:
+    merged: dict[int, int] = {}
+    for histogram in histograms:
+        for index, count in histogram.items():
+            merged[index] = merged.get(index, 0) + count
+    return merged
+
+
+class WindowReport(BaseModel):
+    """The totals of one window for one (tenant, template@version, model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["report"] = "report"
+    schema_version: Literal[1] = 1
+    window_start: datetime
+    window_seconds: int = Field(gt=0)
+    tenant: str
+    template: str  # "name@version", or "-" for raw-message jobs
+    model: str  # "-" when a failure happened before a model was known
+    revision: int = Field(ge=0)
+    requests: int = 0  # distinct jobs that ended in this window: completions + failures
+    completions: int = 0
+    failures: dict[str, int] = Field(default_factory=dict)  # by error code
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_histogram: dict[int, int] = Field(default_factory=dict)  # bucket -> completions
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def key(self) -> str:
+        return window_key(self.window_start, self.tenant, self.template, self.model)
+
+
+def window_key(start: datetime, tenant: str, template: str, model: str) -> str:
+    """The record key of a window: a JSON array of its start (epoch s) and dimensions."""
+    return orjson.dumps([int(start.timestamp()), tenant, template, model]).decode()
