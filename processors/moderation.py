@@ -1,10 +1,12 @@
 """The moderation processor: a completion in, a verdict out, and the completion routed.
 
 Each completion from the completions topic is checked with the provider's moderation
-endpoint (OpenAI's ``/v1/moderations`` shape); the :class:`~schemas.Verdict` goes to the
-moderation topic and the completion itself, unchanged, to the approved or the flagged
-topic. It runs on the shared worker runtime, so commits are ordered and a completion that
-cannot be checked becomes a dead letter on the failures topic.
+endpoint (OpenAI's ``/v1/moderations`` shape) or, when configured, by a classification
+template through the chat model (:mod:`processors.classifier`). The
+:class:`~schemas.Verdict` goes to the moderation topic and the completion itself,
+unchanged, to the approved or the flagged topic. It runs on the shared worker runtime, so
+commits are ordered and a completion that cannot be checked becomes a dead letter on the
+failures topic.
 """
 
 from __future__ import annotations
@@ -13,11 +15,21 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from processors.classifier import Classifier
 from processors.model import ModelCallError, ModelClient
 from processors.runtime import InRecord, Outcome
 from processors.runtime.deadletters import dead_letter
 from processors.runtime.metrics import Registry
-from schemas import Completion, ErrorCode, Failure, Header, Stage, Verdict, encode
+from schemas import (
+    Completion,
+    ErrorCode,
+    Failure,
+    Header,
+    PromptmillError,
+    Stage,
+    Verdict,
+    encode,
+)
 from schemas.validation import describe_validation_error
 from topics import TopicCatalog, TopicKind
 
@@ -33,6 +45,7 @@ class ModerationProcessor:
         model: ModelClient,
         moderation_model: str | None,
         registry: Registry | None = None,
+        classifier: Classifier | None = None,
     ) -> None:
         self._verdicts = catalog.name(TopicKind.MODERATION)
         self._approved = catalog.name(TopicKind.APPROVED)
@@ -40,6 +53,7 @@ class ModerationProcessor:
         self._failures = catalog.name(TopicKind.FAILURES)
         self._model = model
         self._moderation_model = moderation_model
+        self._classifier = classifier
         self._counts = (registry or Registry()).counter(
             "promptmill_verdicts_total", "Completions checked, by verdict.", ("flagged",)
         )
@@ -57,21 +71,11 @@ class ModerationProcessor:
             code, message = describe_validation_error(exc)
             return [self._failure(record, None, code, message)]
         try:
-            body, attempts = await self._model.moderate(self._moderation_model, completion.text)
+            verdict = await self._verdict(completion)
         except ModelCallError as exc:
             return [self._failure(record, completion, exc.code, exc.message, exc.attempts)]
-        result = body["results"][0]
-        verdict = Verdict(
-            job_id=completion.job_id,
-            batch_id=completion.batch_id,
-            tenant=completion.tenant,
-            custom_id=completion.custom_id,
-            flagged=bool(result.get("flagged")),
-            categories={k: bool(v) for k, v in (result.get("categories") or {}).items()},
-            scores={k: float(v) for k, v in (result.get("category_scores") or {}).items()},
-            model=str(body.get("model") or self._moderation_model or ""),
-            attempts=attempts,
-        )
+        except PromptmillError as exc:
+            return [self._failure(record, completion, exc.code, exc.message)]
         self._counts.inc(flagged=str(verdict.flagged).lower())
         key, headers = completion.job_id.encode(), list(record.headers)
         route = self._flagged if verdict.flagged else self._approved
@@ -79,6 +83,35 @@ class ModerationProcessor:
             Outcome(self._verdicts, encode(verdict), key=key, headers=headers),
             Outcome(route, record.value or b"", key=key, headers=headers),
         ]
+
+    async def _verdict(self, completion: Completion) -> Verdict:
+        common = {
+            "job_id": completion.job_id,
+            "batch_id": completion.batch_id,
+            "tenant": completion.tenant,
+            "custom_id": completion.custom_id,
+        }
+        if self._classifier is not None:
+            found = await self._classifier.classify(completion)
+            return Verdict(
+                **common,
+                flagged=found.flagged,
+                categories=found.categories,
+                scores=found.scores,
+                model=found.model,
+                classifier=found.classifier,
+                attempts=found.attempts,
+            )
+        body, attempts = await self._model.moderate(self._moderation_model, completion.text)
+        result = body["results"][0]
+        return Verdict(
+            **common,
+            flagged=bool(result.get("flagged")),
+            categories={k: bool(v) for k, v in (result.get("categories") or {}).items()},
+            scores={k: float(v) for k, v in (result.get("category_scores") or {}).items()},
+            model=str(body.get("model") or self._moderation_model or ""),
+            attempts=attempts,
+        )
 
     def dead_letter(self, record: InRecord, error: BaseException) -> Outcome:
         message = f"internal error: {type(error).__name__}: {error}"

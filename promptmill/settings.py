@@ -100,6 +100,7 @@ class Settings(BaseSettings):
     completion_tokens_estimate: int = Field(default=256, ge=1)
     model_prices: dict[str, Price] = Field(default_factory=dict)
     moderation_model: str | None = None
+    moderation_template: str | None = None
     report_window_seconds: int = Field(default=60, ge=1, le=86400)
     report_flush_seconds: float = Field(default=1.0, gt=0)
 

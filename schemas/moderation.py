@@ -25,5 +25,6 @@ class Verdict(BaseModel):
     categories: dict[str, bool] = Field(default_factory=dict)
     scores: dict[str, float] = Field(default_factory=dict)
     model: str
+    classifier: str | None = None  # name@version of the classification template, if one judged
     attempts: int = 1
     created_at: datetime = Field(default_factory=utcnow)

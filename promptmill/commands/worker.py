@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack
 from redis.asyncio import Redis
 
 from processors.batches import BatchTracker
+from processors.classifier import Classifier
 from processors.fleet import FleetState, LimitTable
 from processors.fleet.state import FleetConfig, connect_redis
 from processors.model import ModelClient
@@ -56,7 +57,15 @@ async def worker(settings: Settings, args: argparse.Namespace) -> None:
     async with AsyncExitStack() as resources:
         processor: Processor
         if args.processor == "moderation":
-            processor = ModerationProcessor(catalog, model, settings.moderation_model, metrics)
+            classifier = None
+            if settings.moderation_template:
+                registry = await _templates(settings, resources)
+                classifier = Classifier(
+                    registry.store, settings.moderation_template, model, endpoint.default_model
+                )
+            processor = ModerationProcessor(
+                catalog, model, settings.moderation_model, metrics, classifier
+            )
         elif args.processor == "batches":
             redis = _required_redis(settings, resources)
             processor = BatchTracker(catalog, redis, settings.redis_key_prefix)
@@ -137,9 +146,7 @@ async def _prompts(
             recovery_seconds=settings.rate_limit_recovery_seconds,
         ),
     )
-    registry = await resources.enter_async_context(
-        TemplateRegistry(app.kafka_connection(settings), catalog.name(TopicKind.TEMPLATES))
-    )
+    registry = await _templates(settings, resources)
     return PromptProcessor(
         catalog,
         registry.store,
@@ -154,6 +161,14 @@ async def _prompts(
             prices=settings.model_prices,
         ),
         PromptMetrics(metrics),
+    )
+
+
+async def _templates(settings: Settings, resources: AsyncExitStack) -> TemplateRegistry:
+    """The template registry, following the templates topic until exit."""
+    topic = app.catalog(settings).name(TopicKind.TEMPLATES)
+    return await resources.enter_async_context(
+        TemplateRegistry(app.kafka_connection(settings), topic)
     )
 
 

@@ -12,6 +12,8 @@ prompt text:
 - ``[[sim:sleep=MS]]``: add MS milliseconds of latency (several add up).
 - ``[[sim:malformed]]``: answer 200 with a body that is not JSON.
 - ``[[sim:flag]]`` (moderations only): flag the input.
+- ``[[sim:reply=TEXT]]``: answer exactly TEXT (up to the closing brackets), e.g. a
+  classifier's verdict.
 
 The response bodies follow the OpenAI wire format closely enough for the
 official ``openai`` SDK to parse them.
@@ -61,6 +63,7 @@ FLAG_MARKER = "[[sim:flag]]"
 
 _ERROR_RE = re.compile(r"\[\[sim:error=(\d{3})\]\]")
 _SLEEP_RE = re.compile(r"\[\[sim:sleep=(\d+(?:\.\d+)?)\]\]")
+_REPLY_RE = re.compile(r"\[\[sim:reply=(.*?)\]\]", re.DOTALL)
 _WORD_RE = re.compile(r"[a-z]+")
 
 
@@ -73,6 +76,7 @@ class Markers:
     content_filter: bool = False
     malformed: bool = False
     sleep_ms: float = 0.0
+    reply: str | None = None
 
 
 def parse_markers(text: str) -> Markers:
@@ -89,6 +93,7 @@ def parse_markers(text: str) -> Markers:
         content_filter="[[sim:content_filter]]" in text,
         malformed="[[sim:malformed]]" in text,
         sleep_ms=sum(float(ms) for ms in _SLEEP_RE.findall(text)),
+        reply=reply.group(1) if (reply := _REPLY_RE.search(text)) else None,
     )
 
 

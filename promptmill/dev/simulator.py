@@ -168,6 +168,8 @@ class Simulator:
         out = generate(req.model, req.source, req.max_tokens)
         if markers.content_filter:
             out = Generated("", 0, "content_filter")
+        elif markers.reply is not None:
+            out = Generated(markers.reply, estimate_tokens([markers.reply]), "stop")
         if self.config.tokens_per_second > 0:
             delay += out.completion_tokens / self.config.tokens_per_second
         await asyncio.sleep(delay)

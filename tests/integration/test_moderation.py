@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from promptmill.dev.harness import Env
-from schemas import Completion, Header, Verdict, decode, encode
+from schemas import Completion, ErrorCode, Failure, Header, Stage, Verdict, decode, encode
 from topics import TopicKind
 from topics.partitions import topic_partitions
 
-M = TypeVar("M", Completion, Verdict)
+M = TypeVar("M", Completion, Verdict, Failure)
+TEMPLATES = Path(__file__).parent / "templates"
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
@@ -33,18 +35,7 @@ async def test_verdicts_and_routing_for_a_batch(env: Env) -> None:
         )
         for i, text in enumerate(texts)
     ]
-    producer = AIOKafkaProducer(bootstrap_servers=env.endpoints.bootstrap, acks="all")
-    await producer.start()
-    try:
-        for completion in completions:
-            await producer.send_and_wait(
-                env.catalog.name(TopicKind.COMPLETIONS),
-                encode(completion),
-                key=completion.job_id.encode(),
-                headers=[(Header.BATCH_ID.value, b"mod")],
-            )
-    finally:
-        await producer.stop()
+    await _produce(env, completions)
     env.start_worker("--processor", "moderation")
     verdicts = await _read(env, TopicKind.MODERATION, 16, Verdict)
     approved = await _read(env, TopicKind.APPROVED, 12, Completion)
@@ -57,6 +48,56 @@ async def test_verdicts_and_routing_for_a_batch(env: Env) -> None:
     assert not any(by_job[c.job_id].flagged for c in approved)
     assert approved[0].text.startswith("a calm")  # the completion itself, unchanged
     assert all(v.scores and v.categories and v.model for v in verdicts)
+
+
+async def test_classification_template_through_the_chat_model(env: Env) -> None:
+    """PROMPTMILL_MODERATION_TEMPLATE: the chat model judges; the simulator answers what the
+    [[sim:reply=...]] marker inside the rendered prompt says. An answer that is no verdict
+    becomes a moderation dead letter, never a silent approval."""
+    await env.push_templates(TEMPLATES)
+    texts = [
+        '[[sim:reply={"flagged": true, "categories": ["violence"], "scores": {"violence": 0.97}}]]',
+        "[[sim:reply=safe]]",
+        '[[sim:reply={"flagged": false}]]',
+        "no marker: the simulator answers random words",
+    ]
+    completions = [
+        Completion(job_id=f"cls:{i}", batch_id="cls", tenant="t", model="m", text=text)
+        for i, text in enumerate(texts)
+    ]
+    await _produce(env, completions)
+    env.start_worker("--processor", "moderation", PROMPTMILL_MODERATION_TEMPLATE="moderate")
+    verdicts = {v.job_id: v for v in await _read(env, TopicKind.MODERATION, 3, Verdict)}
+    assert set(verdicts) == {"cls:0", "cls:1", "cls:2"}
+    assert verdicts["cls:0"].flagged and verdicts["cls:0"].categories == {"violence": True}
+    assert verdicts["cls:0"].scores == {"violence": 0.97}
+    assert not verdicts["cls:1"].flagged and not verdicts["cls:2"].flagged
+    assert all(
+        v.classifier == "moderate@1" and v.model == "promptmill-sim" for v in verdicts.values()
+    )
+    assert [c.job_id for c in await _read(env, TopicKind.FLAGGED, 1, Completion)] == ["cls:0"]
+    (failure,) = await _read(env, TopicKind.FAILURES, 1, Failure)
+    assert (failure.job_id, failure.code, failure.stage) == (
+        "cls:3",
+        ErrorCode.MODEL_ERROR,
+        Stage.MODERATION,
+    )
+    assert "not a verdict" in failure.message
+
+
+async def _produce(env: Env, completions: list[Completion]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=env.endpoints.bootstrap, acks="all")
+    await producer.start()
+    try:
+        for completion in completions:
+            await producer.send_and_wait(
+                env.catalog.name(TopicKind.COMPLETIONS),
+                encode(completion),
+                key=completion.job_id.encode(),
+                headers=[(Header.BATCH_ID.value, completion.batch_id.encode())],
+            )
+    finally:
+        await producer.stop()
 
 
 async def _read(env: Env, kind: TopicKind, count: int, model: type[M]) -> list[M]:
