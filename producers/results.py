@@ -9,11 +9,10 @@ when it has seen as many distinct jobs as the manifest's total.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -97,31 +96,47 @@ async def scan_batch(
 
 
 class ResultFollower:
-    """Streams a batch's terminal records, each job once."""
+    """Streams a batch's terminal records, each job once.
+
+    The same consumer also reads the batches topic: a manifest that arrives late sets the
+    total, and the tracker's done event ends a follow even if this follower's own count
+    never reaches the total (it then reads the terminal topics to the ends they had when
+    the event was seen: the tracker only announces records already on them).
+    """
 
     def __init__(self, conn: KafkaConnection, catalog: TopicCatalog, batch_id: str) -> None:
         self._conn = conn
         self._catalog = catalog
         self.report = BatchReport(batch_id)
+        self.done: BatchDone | None = None
+        self._started_at: datetime | None = None
         self._seen: set[str] = set()
 
     async def records(
-        self, *, follow: bool, manifest: BatchManifest | None = None, poll_manifest: float = 1.0
+        self, *, follow: bool, manifest: BatchManifest | None = None
     ) -> AsyncIterator[Completion | Failure]:
         """Yield new terminal records; with ``follow`` until every job is terminal."""
         manifest = manifest or await find_manifest(self._conn, self._catalog, self.report.batch_id)
         if manifest is not None:
             self.report.total = manifest.total
-        consumer = AIOKafkaConsumer(**self._conn.client_options(), enable_auto_commit=False)
+            self._started_at = manifest.started_at
+        consumer = AIOKafkaConsumer(
+            **self._conn.client_options(), enable_auto_commit=False, auto_offset_reset="earliest"
+        )
         await consumer.start()
         try:
-            tps = await self._seek(consumer, manifest)
-            ends = await consumer.end_offsets(tps)
-            last_manifest_check = time.monotonic()
+            terminal, batches = await self._seek(consumer, manifest)
+            ends = await consumer.end_offsets(terminal)
+            drain_to: dict[TopicPartition, int] | None = None
             batch = self.report.batch_id.encode()
             while True:
                 fetched = await consumer.getmany(timeout_ms=200, max_records=5000)
-                for records in fetched.values():
+                for tp, records in fetched.items():
+                    if tp.topic == batches:
+                        for record in records:
+                            if record.key == batch and self._batch_event(record.value):
+                                drain_to = drain_to or await consumer.end_offsets(terminal)
+                        continue
                     for record in records:
                         parsed = _terminal(record, batch)
                         if parsed is not None and parsed.job_id not in self._seen:
@@ -130,27 +145,41 @@ class ResultFollower:
                             yield parsed
                 if self.report.done:
                     return
-                if not follow:
-                    if not any([await consumer.position(tp) < ends[tp] for tp in tps]):
-                        return
-                elif (
-                    self.report.total is None
-                    and time.monotonic() - last_manifest_check > poll_manifest
+                until = drain_to if (follow and drain_to is not None) else ends
+                if (not follow or drain_to is not None) and not any(
+                    [await consumer.position(tp) < until[tp] for tp in terminal]
                 ):
-                    last_manifest_check = time.monotonic()
-                    found = await find_manifest(self._conn, self._catalog, self.report.batch_id)
-                    self.report.total = found.total if found else None
+                    return
         finally:
             await consumer.stop()
 
-    async def _seek(self, consumer: Any, manifest: BatchManifest | None) -> list[TopicPartition]:
-        tps = []
+    def _batch_event(self, value: bytes | None) -> bool:
+        """Take in a manifest or done event of this batch; whether it was the done event."""
+        found = _batch_record(value or b"")
+        if isinstance(found, BatchManifest):
+            self.report.total = found.total
+            self._started_at = found.started_at
+        elif isinstance(found, BatchDone):
+            if self._started_at is not None and found.finished_at < self._started_at:
+                return False  # an earlier run under the same batch id
+            self.done = found
+            self.report.total = self.report.total or found.total
+            return True
+        return False
+
+    async def _seek(
+        self, consumer: Any, manifest: BatchManifest | None
+    ) -> tuple[list[TopicPartition], str]:
+        """Assign the terminal topics and the batches topic; seek from the batch's start."""
+        batches = self._catalog.name(TopicKind.BATCHES)
+        terminal = []
         for kind in (TopicKind.COMPLETIONS, TopicKind.FAILURES):
-            tps += await topic_partitions(consumer, self._catalog.name(kind))
+            terminal += await topic_partitions(consumer, self._catalog.name(kind))
+        tps = terminal + await topic_partitions(consumer, batches)
         consumer.assign(tps)
         if manifest is None:
             await consumer.seek_to_beginning(*tps)
-            return tps
+            return terminal, batches
         since = int((manifest.started_at - LOOKBACK).timestamp() * 1000)
         # End offsets first: a partition with nothing newer than ``since`` starts at the end
         # as it was *before* the lookup, so records appended meanwhile are not skipped.
@@ -159,7 +188,7 @@ class ResultFollower:
         for tp in tps:
             found = offsets.get(tp)
             consumer.seek(tp, found.offset if found is not None else ends[tp])
-        return tps
+        return terminal, batches
 
 
 def _batch_record(value: bytes) -> BatchManifest | BatchDone | None:

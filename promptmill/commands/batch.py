@@ -12,7 +12,7 @@ from typing import BinaryIO
 from producers import BatchReport, Client, InputFormat
 from producers.client import SubmitReport, new_batch_id
 from producers.output import OutputFormat, format_record
-from producers.results import scan_batch
+from producers.results import ResultFollower, scan_batch
 from promptmill import app
 from promptmill.progress import ProgressLine
 from promptmill.settings import Settings
@@ -72,7 +72,7 @@ async def submit(settings: Settings, args: argparse.Namespace) -> SubmitReport:
 
 async def results(
     settings: Settings, args: argparse.Namespace, manifest: BatchManifest | None = None
-) -> BatchReport:
+) -> ResultFollower:
     """Write every terminal record of the batch once; with --follow until all are terminal."""
     batch_id = manifest.batch_id if manifest else args.batch
     fmt = OutputFormat(args.output_format)
@@ -89,16 +89,24 @@ async def results(
                 progress.extra = f"failed {sum(report.failed.values())}"
                 progress.update(report.terminal, report.total)
         progress.finish()
-    return follower.report
+    return follower
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> BatchReport:
+    """Submit, write every result, and stop when every job is terminal: by this follower's
+    own count, or by the batch tracker's done event (``worker --processor batches``)."""
     started = time.monotonic()
     submitted = await submit(settings, args)
     args.follow = True
-    report = await results(settings, args, submitted.manifest)
-    print(summary(report, time.monotonic() - started))
-    return report
+    follower = await results(settings, args, submitted.manifest)
+    lines = [summary(follower.report, time.monotonic() - started)]
+    if follower.done is not None:
+        lines.append(
+            f"  done event  {follower.done.finished_at.isoformat()} (tracker counted "
+            f"{follower.done.completed} completed, {sum(follower.done.failed.values())} failed)"
+        )
+    print("\n".join(lines))
+    return follower.report
 
 
 def report_lines(report: BatchReport) -> list[str]:
