@@ -2,10 +2,10 @@
 
 Brings up Kafka, Redis and a model (the real SmolLM2-135M by default;
 ``PROMPTMILL_DEMO_MODEL=sim`` for the simulator) under their own state folder, creates
-the topics, pushes the example templates with the ``production`` label, starts a worker
-process, runs the example batch (with malformed lines, an unknown template and missing
-variables among its jobs), prints a summary, runs the same batch again to show the cache,
-then stops everything.
+the topics, pushes the example templates with the ``production`` label, starts the prompt,
+batch-tracking and reporting workers, runs the example batch (with malformed lines, an
+unknown template and missing variables among its jobs), prints a summary, runs the same
+batch again to show the cache, prints the usage report of both runs, then stops everything.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ import os
 import signal
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import orjson
 
+from producers.reports import group_reports, read_reports, render
 from producers.templates import load_template_dir, push_templates
 from promptmill import app
 from promptmill.commands import batch
@@ -30,6 +32,46 @@ from topics.admin import apply_topics
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SAMPLES = 4
+
+
+async def _start_worker(state: Path, processor: str) -> asyncio.subprocess.Process:
+    log = state / f"worker-{processor}.log"
+    print(f"== starting promptmill worker --processor {processor} (log in {log})", flush=True)
+    with log.open("ab") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "promptmill",
+            "worker",
+            "--processor",
+            processor,
+            env=os.environ.copy(),
+            stdout=out,
+            stderr=out,
+        )
+
+
+async def _stop(worker: asyncio.subprocess.Process) -> None:
+    if worker.returncode is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(worker.wait(), 60)
+        except TimeoutError:
+            worker.kill()
+            await worker.wait()
+
+
+async def _show_report(settings: Settings, requests: int, wait: float = 30) -> None:
+    """The reporting worker's view of both runs, once it has counted every job."""
+    print("== promptmill report --since 1h --by template,model", flush=True)
+    conn, catalog = app.kafka_connection(settings), app.catalog(settings)
+    deadline = time.monotonic() + wait
+    while True:
+        reports = await read_reports(conn, catalog, timedelta(hours=1))
+        if sum(r.requests for r in reports) >= requests or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    print(render(group_reports(reports, ["template", "model"]), "table"))
 
 
 def _show_samples(results: Path) -> None:
@@ -63,7 +105,7 @@ async def demo(settings: Settings, args: argparse.Namespace) -> None:
     print(f"== starting Kafka, Redis and the {what} (state in {state})", flush=True)
     started = time.monotonic()
     stack = up(state, settings.cache_dir, {"kafka", "redis", model})
-    worker: asyncio.subprocess.Process | None = None
+    workers: list[asyncio.subprocess.Process] = []
     try:
         endpoint = stack.model_real if stack.model_real is not None else stack.model_sim
         if stack.kafka is None or stack.redis is None or endpoint is None:
@@ -89,19 +131,10 @@ async def demo(settings: Settings, args: argparse.Namespace) -> None:
             conn, catalog, load_template_dir(EXAMPLES / "templates"), "production"
         ):
             print("  " + line)
-        worker_log = state / "worker.log"
-        print(f"== starting a worker: promptmill worker (log in {worker_log})", flush=True)
-        with worker_log.open("ab") as log_file:
-            worker = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "promptmill",
-                "worker",
-                env=os.environ.copy(),
-                stdout=log_file,
-                stderr=log_file,
-            )
+        for processor in ("prompts", "batches", "reporting"):
+            workers.append(await _start_worker(state, processor))
         jobs = args.jobs or EXAMPLES / "jobs.jsonl"
+        requests = 0
         for round_, note in (
             (1, "first run"),
             (2, "same batch again: answers come from the cache"),
@@ -116,17 +149,14 @@ async def demo(settings: Settings, args: argparse.Namespace) -> None:
                 output=state / f"results-{round_}.jsonl",
                 output_format="promptmill",
             )
-            await batch.run(local, run_args)
+            done = await batch.run(local, run_args)
+            requests += done.total or 0
             print(f"  results written to {run_args.output}", flush=True)
             if round_ == 1:
                 _show_samples(run_args.output)
+        await _show_report(local, requests)
     finally:
-        if worker is not None and worker.returncode is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(worker.wait(), 60)
-            except TimeoutError:
-                worker.kill()
-                await worker.wait()
+        for worker in workers:
+            await _stop(worker)
         print("== stopping the stack: " + ", ".join(down(state)), flush=True)
     print(f"== demo finished in {time.monotonic() - started:.1f} s")
