@@ -340,10 +340,11 @@ def test_load_template_dir_errors(tmp_path: Path) -> None:
 def test_example_templates_load_and_render() -> None:
     loaded = load_template_dir(EXAMPLES)
     names = sorted(f.body.name for f in loaded)
-    assert names == ["classify", "haiku", "summarize"]
+    assert names == ["classify", "haiku", "moderate", "summarize"]
     variables: dict[str, dict[str, Any]] = {
         "classify": {"review": "Great."},
         "haiku": {"topic": "rain", "mood": "calm"},
+        "moderate": {"text": "A completion to judge."},
         "summarize": {"text": "Long text."},
     }
     renderer = Renderer()
