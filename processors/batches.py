@@ -18,6 +18,7 @@ import orjson
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
+from processors.retry import until_redis_answers
 from processors.runtime import InRecord, Outcome
 from processors.runtime.deadletters import dead_letter
 from schemas import (
@@ -92,7 +93,10 @@ class BatchTracker:
             return []
         position = f"{record.topic}:{record.partition}:{record.offset}"
         keys = [f"{self._prefix}:batch:{batch_id}", f"{self._prefix}:batch:{batch_id}:jobs"]
-        counters = await self._track(keys=keys, args=[args[0], position, *args[1:], TTL_SECONDS])
+        script_args = [args[0], position, *args[1:], TTL_SECONDS]
+        counters = await until_redis_answers(
+            lambda: self._track(keys=keys, args=script_args), "batch tracker"
+        )
         if not counters:
             return []
         done = _done(batch_id, counters)

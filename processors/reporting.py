@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from processors.retry import until_redis_answers
 from processors.runtime import InRecord, Outcome
 from processors.runtime.deadletters import dead_letter
 from processors.runtime.metrics import Registry
@@ -166,7 +167,10 @@ class ReportingProcessor:
             f"{self._prefix}:dirty",
         ]
         args: list[Any] = [job_id, wkey, self._config.ttl_seconds, *dims, int(start.timestamp())]
-        new = await self._count(keys=keys, args=[*args, self._config.window_seconds, *tail])
+        args += [self._config.window_seconds, *tail]
+        new = await until_redis_answers(
+            lambda: self._count(keys=keys, args=args), "reporting", log=log
+        )
         self._records.inc(counted=str(bool(new)).lower())
         if new:
             self.counted += 1

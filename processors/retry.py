@@ -1,13 +1,22 @@
-"""Retry timing: exponential backoff with full jitter, and the provider's Retry-After."""
+"""Retry timing: exponential backoff with full jitter, the provider's Retry-After, and
+waiting out a Redis outage."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from time import time
+from typing import TypeVar
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -59,3 +68,31 @@ def parse_duration(value: str | None) -> float | None:
     if not parts or "".join(n + u for n, u in parts) != value.strip():
         return None
     return sum(float(number) * _UNITS[unit] for number, unit in parts)
+
+
+async def until_redis_answers(
+    call: Callable[[], Awaitable[T]],
+    what: str,
+    backoff: Backoff | None = None,
+    log: logging.Logger | None = None,
+) -> T:
+    """``call()`` retried until Redis answers, for processors whose state lives in Redis.
+
+    A record whose count cannot be written must wait (its offset stays uncommitted), not
+    become a dead letter: the totals would silently lose it. One warning per outage.
+    """
+    backoff = backoff or Backoff(0.2, 5.0)
+    logger = log or logging.getLogger(__name__)
+    attempt = 0
+    while True:
+        try:
+            result = await call()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            attempt += 1
+            if attempt == 1:
+                logger.warning("%s: Redis unavailable, retrying until it answers: %s", what, exc)
+            await asyncio.sleep(backoff.delay(attempt))
+            continue
+        if attempt:
+            logger.info("%s: Redis answers again after %d retries", what, attempt)
+        return result

@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaProducer
 
 from producers import Client
 from producers.results import ResultFollower
+from promptmill.dev.processes import free_port, wait_for_port
 from schemas import BatchManifest, Completion, Failure, Header
 from topics import KafkaConnection, TopicCatalog, TopicKind
 from topics.admin import apply_topics
@@ -220,3 +221,46 @@ async def sim_call(sim_url: str, method: str, path: str, body: dict[str, Any] | 
     ):
         response.raise_for_status()
         return await response.json()
+
+
+async def start_redis(
+    tmp_path: Path, url: str, *, persistent: bool = False
+) -> subprocess.Popen[bytes]:
+    """A private ``redis-server`` on ``url``'s port (data in ``tmp_path`` if ``persistent``:
+    append-only file, so a restarted server still has what it held)."""
+    return await asyncio.to_thread(_spawn_redis, tmp_path, url, persistent)
+
+
+async def private_redis(
+    tmp_path: Path, *, persistent: bool = False
+) -> tuple[str, list[subprocess.Popen[bytes]]]:
+    """(URL, [server]) of a new private Redis on a free port."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    return url, [await start_redis(tmp_path, url, persistent=persistent)]
+
+
+def _spawn_redis(tmp_path: Path, url: str, persistent: bool) -> subprocess.Popen[bytes]:
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    log = tmp_path / "redis.log"
+    durability = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else []
+    with log.open("ab") as out:
+        server = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(tmp_path),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                *durability,
+            ],
+            stdout=out,
+            stderr=out,
+        )
+    wait_for_port("127.0.0.1", port, 10, server.pid, log)
+    return server

@@ -14,8 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from promptmill.dev.harness import ROOT, Env, sim_call, write_jsonl
-from promptmill.dev.processes import free_port, wait_for_port
+from promptmill.dev.harness import ROOT, Env, private_redis, sim_call, start_redis, write_jsonl
 from schemas import Completion
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -107,7 +106,7 @@ async def test_true_up_corrects_estimates_and_tokens_stay_within_the_limit(env: 
 
 
 async def test_redis_stopped_mid_batch_and_started_again(env: Env, tmp_path: Path) -> None:
-    port_url, servers = await _private_redis(tmp_path)
+    port_url, servers = await private_redis(tmp_path)
     try:
         await env.push_templates(TEMPLATES)
         jobs = write_jsonl(
@@ -126,7 +125,7 @@ async def test_redis_stopped_mid_batch_and_started_again(env: Env, tmp_path: Pat
         servers[-1].wait(10)
         stopped_at = len(records)
         await _until(lambda: len(records) >= stopped_at + 150)  # still processing, locally
-        servers.append(await _start_redis(tmp_path, port_url))  # and comes back
+        servers.append(await start_redis(tmp_path, port_url))  # and comes back
         await asyncio.wait_for(following, 120)
         assert len(records) == 1500
         assert all(isinstance(r, Completion) for r in records.values())
@@ -182,35 +181,3 @@ async def _until(condition: Callable[[], bool], within: float = 60) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.05)
-
-
-async def _start_redis(tmp_path: Path, url: str) -> subprocess.Popen[bytes]:
-    return await asyncio.to_thread(_spawn_redis, tmp_path, url)
-
-
-def _spawn_redis(tmp_path: Path, url: str) -> subprocess.Popen[bytes]:
-    port = int(url.rsplit(":", 1)[1].split("/")[0])
-    log = tmp_path / "redis.log"
-    with log.open("ab") as out:
-        server = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=out,
-            stderr=out,
-        )
-    wait_for_port("127.0.0.1", port, 10, server.pid, log)
-    return server
-
-
-async def _private_redis(tmp_path: Path) -> tuple[str, list[subprocess.Popen[bytes]]]:
-    url = f"redis://127.0.0.1:{free_port()}/0"
-    return url, [await _start_redis(tmp_path, url)]

@@ -11,7 +11,14 @@ from typing import Any
 import orjson
 import pytest
 
-from promptmill.dev.harness import Env, WorkerProcess, sim_call, write_jsonl
+from promptmill.dev.harness import (
+    Env,
+    WorkerProcess,
+    private_redis,
+    sim_call,
+    start_redis,
+    write_jsonl,
+)
 from schemas import Completion, Failure
 from schemas.reports import template_label
 
@@ -149,3 +156,39 @@ async def test_report_totals_survive_kill9_of_reporting_and_prompt_workers(
     chart = tmp_path / "report.png"
     env.cli("report", "--since", "all", "--chart", str(chart))
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_reporting_waits_out_a_redis_outage(env: Env, tmp_path: Path) -> None:
+    """Redis (the reporting state, kept with an append-only file) stops mid-batch and comes
+    back: records wait uncommitted instead of becoming dead letters, and the totals add up."""
+    url, servers = await private_redis(tmp_path, persistent=True)
+    try:
+        await env.push_templates(TEMPLATES)
+        rows = [{"template": "greet", "variables": {"who": f"o{i}"}} for i in range(800)]
+        batch = await env.submit(write_jsonl(tmp_path / "jobs.jsonl", rows))
+        records, following = env.follow(batch)
+        reporting = env.start_worker(
+            "--processor", "reporting", REDIS_URL=url, PROMPTMILL_REPORT_FLUSH_SECONDS="0.2"
+        )
+        prompts = env.start_worker(PROMPTMILL_WORKER_CONCURRENCY="32")
+        await _until(lambda: len(records) >= 200, prompts, reporting)
+        servers[-1].terminate()  # a clean shutdown: the append-only file has everything
+        servers[-1].wait(10)
+        await asyncio.sleep(3)
+        servers.append(await start_redis(tmp_path, url, persistent=True))
+        await asyncio.wait_for(following, 120)
+        expected = _expected(records)
+        reported: dict[Any, Any] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _same(reported, expected):
+            await asyncio.sleep(1)
+            reported = _reported(env)
+        assert _same(reported, expected), (reported, expected)
+        assert reporting.terminate() == 0
+        log = reporting.tail(400)
+        assert "Redis unavailable" in log and "Redis answers again" in log, log
+        assert "internal_error" not in log
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(10)
