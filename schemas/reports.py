@@ -21,9 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.results import utcnow
 
-# Upper bounds (ms) of the latency buckets: 1 ms growing by 25% to ~10 min; the last
-# bucket holds everything slower.
-LATENCY_BOUNDS_MS: tuple[float, ...] = tuple(round(1.25**i, 3) for i in range(61))
+# Upper bounds (ms) of the latency buckets: 1 ms growing by 10% to ~13 min, so a percentile
+# is exact to within 10%; the last bucket holds everything slower.
+LATENCY_BOUNDS_MS: tuple[float, ...] = tuple(round(1.1**i, 3) for i in range(143))
 NONE = "-"  # the dimension value of a record that has none (no template, unknown model)
 
 
