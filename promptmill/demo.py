@@ -118,6 +118,11 @@ async def demo(settings: Settings, args: argparse.Namespace) -> None:
             "PROMPTMILL_TOPIC_PREFIX": "promptmill-demo",
             "PROMPTMILL_DEFAULT_MODEL": getattr(endpoint, "model", app.SIM_MODEL),
         }
+        # an illustrative price (gpt-4o-mini's), so that the summaries and the report show cost
+        price = {"prompt_per_1m": 0.15, "completion_per_1m": 0.6}
+        env["PROMPTMILL_MODEL_PRICES"] = orjson.dumps(
+            {env["PROMPTMILL_DEFAULT_MODEL"]: price}
+        ).decode()
         if backend == "real":  # one llama.cpp server answers one request at a time
             env |= {"PROMPTMILL_WORKER_CONCURRENCY": "4", "PROMPTMILL_MODEL_TIMEOUT_SECONDS": "300"}
         os.environ.update(env)
