@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -149,8 +150,10 @@ class ReportingProcessor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
             self._flusher = None
-            with contextlib.suppress(RedisError, OSError):
+            try:
                 await self.flush()  # what this worker counted last goes out now
+            except (RedisError, KafkaError, OSError) as exc:  # still dirty in Redis: a later flush
+                log.warning("final report flush failed, left to the next flusher: %s", exc)
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
@@ -238,7 +241,7 @@ class ReportingProcessor:
             await asyncio.sleep(self._config.flush_seconds)
             try:
                 await self.flush()
-            except (RedisError, OSError) as exc:
+            except (RedisError, KafkaError, OSError) as exc:
                 log.warning("report flush failed, will retry: %s", exc)
             except Exception:
                 log.exception("report flush failed, will retry")
