@@ -1,0 +1,5 @@
+"""``python -m bench.faust_exactness``."""
+
+from bench.faust_exactness.run import main
+
+main()
