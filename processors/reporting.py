@@ -37,7 +37,14 @@ from processors.runtime import InRecord, Outcome
 from processors.runtime.deadletters import dead_letter
 from processors.runtime.metrics import Registry
 from schemas import Completion, ErrorCode, Failure, Header, Stage, WindowReport, encode
-from schemas.reports import NONE, latency_bucket, percentile, template_label, window_key
+from schemas.reports import (
+    LATENCY_BOUNDS_MS,
+    NONE,
+    latency_bucket,
+    percentile,
+    template_label,
+    window_key,
+)
 from topics import KafkaConnection, TopicCatalog, TopicKind
 
 log = logging.getLogger(__name__)
@@ -290,7 +297,9 @@ def _window(at: datetime, seconds: int) -> datetime:
 def window_report(snapshot: dict[bytes, bytes]) -> WindowReport:
     """The report record of a window hash as the COUNT script keeps it."""
     fields = {k.decode(): v.decode() for k, v in snapshot.items()}
-    histogram = {int(k[4:]): int(v) for k, v in fields.items() if k.startswith("lat:")}
+    histogram = {
+        LATENCY_BOUNDS_MS[int(k[4:])]: int(v) for k, v in fields.items() if k.startswith("lat:")
+    }
     return WindowReport(
         window_start=datetime.fromtimestamp(int(fields["window_start"]), UTC),
         window_seconds=int(fields["window_seconds"]),

@@ -86,7 +86,7 @@ class ReportRow:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
-    histogram: dict[int, int] = field(default_factory=dict)
+    histogram: dict[float, int] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
@@ -106,7 +106,7 @@ class ReportRow:
     def merge(self, row: ReportRow) -> None:
         self._sum(row, row.histogram)
 
-    def _sum(self, other: WindowReport | ReportRow, histogram: dict[int, int]) -> None:
+    def _sum(self, other: WindowReport | ReportRow, histogram: dict[float, int]) -> None:
         self.requests += other.requests
         self.completions += other.completions
         for code, count in other.failures.items():

@@ -5,8 +5,9 @@ time, and publishes the window's running totals to the reports topic, keyed by
 :meth:`WindowReport.key`. A window is republished whenever a late record changes it;
 ``revision`` grows with every change, so a reader keeps the highest revision per key.
 
-Latency is carried as a histogram over fixed bucket bounds (:data:`LATENCY_BOUNDS_MS`),
-so that windows and groups merge exactly and percentiles are read off the merged counts.
+Latency is carried as a histogram keyed by each bucket's upper bound in milliseconds
+(:data:`LATENCY_BOUNDS_MS`), so windows and groups merge exactly, percentiles are read off
+the merged counts, and a record stays meaningful even if the bounds change one day.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.results import utcnow
 
 # Upper bounds (ms) of the latency buckets: 1 ms growing by 10% to ~13 min, so a percentile
-# is exact to within 10%; the last bucket holds everything slower.
-LATENCY_BOUNDS_MS: tuple[float, ...] = tuple(round(1.1**i, 3) for i in range(143))
+# is exact to within 10%; a last bucket (1e12 ms) holds everything slower.
+LATENCY_BOUNDS_MS: tuple[float, ...] = (*(round(1.1**i, 3) for i in range(143)), 1e12)
 NONE = "-"  # the dimension value of a record that has none (no template, unknown model)
 
 
@@ -38,27 +39,29 @@ def template_label(ref: str | None, version: int | None) -> str:
 
 def latency_bucket(ms: float) -> int:
     """The index of the bucket that counts a latency of ``ms``."""
-    return bisect.bisect_left(LATENCY_BOUNDS_MS, ms)
+    return min(bisect.bisect_left(LATENCY_BOUNDS_MS, ms), len(LATENCY_BOUNDS_MS) - 1)
 
 
-def percentile(histogram: Mapping[int, int], q: float) -> float | None:
-    """The ``q`` quantile (0..1) of a latency histogram, as its bucket's upper bound (ms)."""
+def percentile(histogram: Mapping[float, int], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of a latency histogram (upper bound ms -> count): the
+    upper bound of the bucket it falls in."""
     total = sum(histogram.values())
     if total == 0:
         return None
     rank, seen = q * total, 0
-    for index in sorted(histogram):
-        seen += histogram[index]
+    bounds = sorted(histogram)
+    for bound in bounds:
+        seen += histogram[bound]
         if seen >= rank:
-            return LATENCY_BOUNDS_MS[min(index, len(LATENCY_BOUNDS_MS) - 1)]
-    return LATENCY_BOUNDS_MS[-1]
+            return bound
+    return bounds[-1]
 
 
-def merge_histograms(histograms: Iterable[Mapping[int, int]]) -> dict[int, int]:
-    merged: dict[int, int] = {}
+def merge_histograms(histograms: Iterable[Mapping[float, int]]) -> dict[float, int]:
+    merged: dict[float, int] = {}
     for histogram in histograms:
-        for index, count in histogram.items():
-            merged[index] = merged.get(index, 0) + count
+        for bound, count in histogram.items():
+            merged[bound] = merged.get(bound, 0) + count
     return merged
 
 
@@ -82,7 +85,7 @@ class WindowReport(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
-    latency_histogram: dict[int, int] = Field(default_factory=dict)  # bucket -> completions
+    latency_histogram: dict[float, int] = Field(default_factory=dict)  # upper bound ms -> count
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
     updated_at: datetime = Field(default_factory=utcnow)

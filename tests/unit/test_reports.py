@@ -11,7 +11,7 @@ import pytest
 
 from processors.reporting import _count_args, window_report
 from producers.reports import group_reports, render
-from schemas import Completion, Failure, Stage, Usage, WindowReport, encode
+from schemas import Completion, Failure, Stage, Usage, WindowReport, decode, encode
 from schemas.errors import ErrorCode
 from schemas.reports import (
     LATENCY_BOUNDS_MS,
@@ -38,20 +38,23 @@ def _report(**fields: object) -> WindowReport:
 
 
 def test_latency_buckets_and_percentiles() -> None:
-    assert latency_bucket(0) == 0 and latency_bucket(1.0) == 0 and latency_bucket(1.1) == 1
-    assert (
-        LATENCY_BOUNDS_MS[latency_bucket(100)] >= 100 > LATENCY_BOUNDS_MS[latency_bucket(100) - 1]
-    )
-    histogram = {latency_bucket(ms): 0 for ms in (10, 100, 1000)}
-    for ms, count in ((10, 50), (100, 45), (1000, 5)):
-        histogram[latency_bucket(ms)] += count
-    assert percentile(histogram, 0.5) == LATENCY_BOUNDS_MS[latency_bucket(10)]
-    assert percentile(histogram, 0.95) == LATENCY_BOUNDS_MS[latency_bucket(100)]
-    assert percentile(histogram, 0.96) == LATENCY_BOUNDS_MS[latency_bucket(1000)]
+    assert latency_bucket(0) == 0 and latency_bucket(1.0) == 0 and latency_bucket(1.05) == 1
+    b100 = latency_bucket(100)
+    assert LATENCY_BOUNDS_MS[b100] >= 100 > LATENCY_BOUNDS_MS[b100 - 1]
+    assert LATENCY_BOUNDS_MS[b100] <= 110  # within 10%
+    assert latency_bucket(10**9) == len(LATENCY_BOUNDS_MS) - 1  # the overflow bucket
+
+    def bound(ms: float) -> float:
+        return LATENCY_BOUNDS_MS[latency_bucket(ms)]
+
+    histogram = {bound(10): 50, bound(100): 45, bound(1000): 5}
+    assert percentile(histogram, 0.5) == bound(10)
+    assert percentile(histogram, 0.95) == bound(100)
+    assert percentile(histogram, 0.96) == bound(1000)
     assert percentile({}, 0.5) is None
-    assert latency_bucket(10**9) == len(LATENCY_BOUNDS_MS)  # the overflow bucket
-    assert percentile({len(LATENCY_BOUNDS_MS): 1}, 0.5) == LATENCY_BOUNDS_MS[-1]
-    assert merge_histograms([{1: 2}, {1: 3, 4: 1}]) == {1: 5, 4: 1}
+    assert merge_histograms([{1.1: 2}, {1.1: 3, 4.0: 1}]) == {1.1: 5, 4.0: 1}
+    # a histogram keyed by other bounds (older records) still merges meaningfully
+    assert percentile(merge_histograms([{2.0: 1}, {1.5: 1, 3.0: 2}]), 0.5) == 2.0
 
 
 def test_template_label_and_window_key() -> None:
@@ -118,17 +121,21 @@ def test_window_report_from_the_redis_hash() -> None:
         b"cost_usd": b"0.5",
         b"failed:model_error": b"1",
         b"lat:20": b"2",
+        b"lat:21": b"1",
     }
     report = window_report(snapshot)
     assert report.window_start == T0 and report.revision == 4
-    assert report.failures == {"model_error": 1} and report.latency_histogram == {20: 2}
+    assert report.failures == {"model_error": 1}
+    assert report.latency_histogram == {LATENCY_BOUNDS_MS[20]: 2, LATENCY_BOUNDS_MS[21]: 1}
     assert report.latency_p50_ms == LATENCY_BOUNDS_MS[20]
+    assert report.latency_p95_ms == LATENCY_BOUNDS_MS[21]
+    assert decode(encode(report), WindowReport) == report  # float keys survive JSON
 
 
 def test_group_and_render_in_all_formats() -> None:
     reports = [
         _report(requests=3, completions=2, failures={"model_error": 1}, cost_usd=0.5),
-        _report(tenant="globex", requests=1, completions=1, latency_histogram={10: 1}),
+        _report(tenant="globex", requests=1, completions=1, latency_histogram={2.594: 1}),
         _report(window_start=T0.replace(minute=1), requests=2, completions=2, cache_hits=2),
     ]
     rows = group_reports(reports, ["tenant"])
