@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from producers.reports import ReportRow, group_reports
@@ -29,6 +29,7 @@ def write_chart(reports: Sequence[WindowReport], by: Sequence[str], path: Path) 
         import matplotlib
 
         matplotlib.use("Agg")
+        import matplotlib.dates as mdates
         import matplotlib.pyplot as plt
     except ImportError:
         raise ChartUnavailable(
@@ -55,6 +56,10 @@ def write_chart(reports: Sequence[WindowReport], by: Sequence[str], path: Path) 
     bottom.plot(times, [row.p95_ms or 0 for row in overall], marker=".", label="p95")
     bottom.set_ylabel("model latency ms")
     bottom.set_xlabel("window start (UTC)")
+    half = timedelta(seconds=reports[0].window_seconds / 2)
+    bottom.set_xlim(times[0] - half, times[-1] + half)  # one window: no years-wide axis
+    fmt = "%m-%d %H:%M" if reports[0].window_seconds >= 60 else "%H:%M:%S"
+    bottom.xaxis.set_major_formatter(mdates.DateFormatter(fmt))  # type: ignore[no-untyped-call]
     for axes in (top, middle, bottom):
         axes.grid(True, alpha=0.3)
         axes.legend(fontsize="small", loc="upper left")
