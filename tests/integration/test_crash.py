@@ -6,6 +6,7 @@ import asyncio
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -77,19 +78,28 @@ async def _count_terminal_records(env: Env, batch: str) -> int:
 
 
 async def _assert_fully_committed(env: Env) -> None:
-    """After the last worker drains, the group's committed offsets reach the log end."""
-    env.workers[-1].terminate()
+    """The last worker catches up (it may still be redoing records a killed worker finished
+    but never committed: the batch looks complete before the group does), then drains:
+    the group's committed offsets reach the log end."""
     admin = AIOKafkaAdminClient(bootstrap_servers=env.endpoints.bootstrap)
     consumer = AIOKafkaConsumer(bootstrap_servers=env.endpoints.bootstrap, enable_auto_commit=False)
     await admin.start()
     await consumer.start()
     try:
-        committed = await admin.list_consumer_group_offsets(
-            env.catalog.group(ConsumerGroup.PROMPTS)
-        )
         tps = await topic_partitions(consumer, env.catalog.name(TopicKind.JOBS))
         ends = await consumer.end_offsets(tps)
-        assert {tp: committed[tp].offset for tp in tps} == ends
+
+        async def committed() -> dict[Any, int]:
+            group = await admin.list_consumer_group_offsets(
+                env.catalog.group(ConsumerGroup.PROMPTS)
+            )
+            return {tp: group[tp].offset if tp in group else -1 for tp in tps}
+
+        deadline = time.monotonic() + 60
+        while await committed() != ends and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.5)
+        assert env.workers[-1].terminate() == 0
+        assert await committed() == ends
     finally:
         await consumer.stop()
         await admin.close()
