@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from processors.retry import until_redis_answers
 from processors.runtime import InRecord, Outcome
 from processors.runtime.deadletters import dead_letter
+from processors.runtime.ordered import PartitionOrder
 from schemas import (
     BatchDone,
     BatchManifest,
@@ -77,6 +78,7 @@ class BatchTracker:
         self._redis = redis
         self._prefix = prefix
         self._track = redis.register_script(TRACK)
+        self._order = PartitionOrder()
 
     async def start(self) -> None:
         return None
@@ -94,9 +96,10 @@ class BatchTracker:
         position = f"{record.topic}:{record.partition}:{record.offset}"
         keys = [f"{self._prefix}:batch:{batch_id}", f"{self._prefix}:batch:{batch_id}:jobs"]
         script_args = [args[0], position, *args[1:], TTL_SECONDS]
-        counters = await until_redis_answers(
-            lambda: self._track(keys=keys, args=script_args), "batch tracker"
-        )
+        async with self._order(record):  # the first record of a job by offset is the one counted
+            counters = await until_redis_answers(
+                lambda: self._track(keys=keys, args=script_args), "batch tracker"
+            )
         if not counters:
             return []
         done = _done(batch_id, counters)

@@ -36,6 +36,7 @@ from processors.retry import until_redis_answers
 from processors.runtime import InRecord, Outcome
 from processors.runtime.deadletters import dead_letter
 from processors.runtime.metrics import Registry
+from processors.runtime.ordered import PartitionOrder
 from schemas import Completion, ErrorCode, Failure, Header, Stage, WindowReport, encode
 from schemas.reports import (
     LATENCY_BOUNDS_MS,
@@ -130,6 +131,7 @@ class ReportingProcessor:
         self._producer: AIOKafkaProducer | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._token = uuid.uuid4().hex
+        self._order = PartitionOrder()
         metrics = registry or Registry()
         self._records = metrics.counter(
             "promptmill_report_records_total",
@@ -178,9 +180,10 @@ class ReportingProcessor:
         ]
         args: list[Any] = [job_id, wkey, self._config.ttl_seconds, *dims, int(start.timestamp())]
         args += [self._config.window_seconds, *tail]
-        new = await until_redis_answers(
-            lambda: self._count(keys=keys, args=args), "reporting", log=log
-        )
+        async with self._order(record):  # the first record of a job by offset is the one counted
+            new = await until_redis_answers(
+                lambda: self._count(keys=keys, args=args), "reporting", log=log
+            )
         self._records.inc(counted=str(bool(new)).lower())
         if new:
             self.counted += 1
