@@ -8,8 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -221,6 +222,17 @@ async def sim_call(sim_url: str, method: str, path: str, body: dict[str, Any] | 
     ):
         response.raise_for_status()
         return await response.json()
+
+
+async def until(condition: Callable[[], bool], *workers: WorkerProcess, within: float = 60) -> None:
+    """Wait for ``condition``; fail at once if one of ``workers`` died, or after ``within`` s."""
+    deadline = time.monotonic() + within
+    while not condition():
+        for worker in workers:
+            assert worker.process.poll() is None, f"a worker died:\n{worker.tail()}"
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
 
 
 async def start_redis(

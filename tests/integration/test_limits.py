@@ -8,13 +8,20 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
 
-from promptmill.dev.harness import ROOT, Env, private_redis, sim_call, start_redis, write_jsonl
+from promptmill.dev.harness import (
+    ROOT,
+    Env,
+    private_redis,
+    sim_call,
+    start_redis,
+    until,
+    write_jsonl,
+)
 from schemas import Completion
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -120,11 +127,11 @@ async def test_redis_stopped_mid_batch_and_started_again(env: Env, tmp_path: Pat
             PROMPTMILL_RATE_LIMIT_LOCAL_SHARE="0.5",
         )
         records, following = env.follow(batch)
-        await _until(lambda: len(records) >= 300)
+        await until(lambda: len(records) >= 300)
         servers[-1].terminate()  # Redis goes away mid-batch
         servers[-1].wait(10)
         stopped_at = len(records)
-        await _until(lambda: len(records) >= stopped_at + 150)  # still processing, locally
+        await until(lambda: len(records) >= stopped_at + 150)  # still processing, locally
         servers.append(await start_redis(tmp_path, port_url))  # and comes back
         await asyncio.wait_for(following, 120)
         assert len(records) == 1500
@@ -153,7 +160,7 @@ async def test_a_10_second_429_storm_loses_nothing_and_throughput_recovers(
         PROMPTMILL_MODEL_LIMITS=orjson.dumps({"promptmill-sim": {"rpm": rpm}}).decode(),
     )
     records, following = env.follow(batch)
-    await _until(lambda: len(records) >= 100)
+    await until(lambda: len(records) >= 100)
     await sim_call(env.endpoints.sim_url, "POST", "/sim/config", {"storm": True})
     await asyncio.sleep(10)
     await sim_call(env.endpoints.sim_url, "POST", "/sim/config", {"storm": False})
@@ -173,11 +180,3 @@ async def test_a_10_second_429_storm_loses_nothing_and_throughput_recovers(
     assert recovered - storm_end <= 6.0
     stats = await sim_call(env.endpoints.sim_url, "GET", "/sim/stats")
     assert stats["chat_completions"] >= 700
-
-
-async def _until(condition: Callable[[], bool], within: float = 60) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)

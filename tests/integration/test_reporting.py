@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +12,10 @@ import pytest
 
 from promptmill.dev.harness import (
     Env,
-    WorkerProcess,
     private_redis,
     sim_call,
     start_redis,
+    until,
     write_jsonl,
 )
 from schemas import Completion, Failure
@@ -58,13 +57,6 @@ def _zero() -> dict[str, Any]:
     }
 
 
-async def _until(done: Callable[[], bool], *workers: WorkerProcess) -> None:
-    while not done():
-        for worker in workers:
-            assert worker.process.poll() is None, f"a worker died:\n{worker.tail()}"
-        await asyncio.sleep(0.02)
-
-
 def _reported(env: Env) -> dict[tuple[str, str, str], Any]:
     out = env.cli("report", "--since", "all", "--by", "tenant,template,model", "--format", "json")
     rows = orjson.loads(out.stdout)
@@ -74,6 +66,16 @@ def _reported(env: Env) -> dict[tuple[str, str, str], Any]:
         }
         for row in rows
     }
+
+
+async def _settled_report(env: Env, expected: dict[Any, Any]) -> dict[Any, Any]:
+    """The report once it equals ``expected``, or as it is after 60 s."""
+    reported: dict[Any, Any] = {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not _same(reported, expected):
+        await asyncio.sleep(1)
+        reported = _reported(env)
+    return reported
 
 
 def _same(reported: dict[Any, Any], expected: dict[Any, Any]) -> bool:
@@ -114,22 +116,18 @@ async def test_report_totals_survive_kill9_of_reporting_and_prompt_workers(
     batch = await env.submit(write_jsonl(tmp_path / "jobs.jsonl", rows))
     records, following = env.follow(batch)
     prompts = env.start_worker(PROMPTMILL_WORKER_CONCURRENCY="64")
-    await _until(lambda: len(records) >= 400, prompts, reporting)
+    await until(lambda: len(records) >= 400, prompts, reporting)
     reporting.kill9()
     prompts.kill9()  # repeats on the completions topic, which reporting must not count twice
     prompts = env.start_worker(PROMPTMILL_WORKER_CONCURRENCY="64")
-    await _until(lambda: len(records) >= 900, prompts)
+    await until(lambda: len(records) >= 900, prompts)
     reporting = env.start_worker("--processor", "reporting", **fast)
     await asyncio.wait_for(following, 150)
     expected = _expected(records)
     assert sum(g["requests"] for g in expected.values()) == len(rows) == 1303
     assert sum(g["cache_hits"] for g in expected.values()) > 0
 
-    reported: dict[Any, Any] = {}
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not _same(reported, expected):
-        await asyncio.sleep(1)
-        reported = _reported(env)
+    reported = await _settled_report(env, expected)
     assert reported.keys() == expected.keys()
     for key, want in expected.items():
         got = reported[key]
@@ -171,18 +169,14 @@ async def test_reporting_waits_out_a_redis_outage(env: Env, tmp_path: Path) -> N
             "--processor", "reporting", REDIS_URL=url, PROMPTMILL_REPORT_FLUSH_SECONDS="0.2"
         )
         prompts = env.start_worker(PROMPTMILL_WORKER_CONCURRENCY="32")
-        await _until(lambda: len(records) >= 200, prompts, reporting)
+        await until(lambda: len(records) >= 200, prompts, reporting)
         servers[-1].terminate()  # a clean shutdown: the append-only file has everything
         servers[-1].wait(10)
         await asyncio.sleep(3)
         servers.append(await start_redis(tmp_path, url, persistent=True))
         await asyncio.wait_for(following, 120)
         expected = _expected(records)
-        reported: dict[Any, Any] = {}
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not _same(reported, expected):
-            await asyncio.sleep(1)
-            reported = _reported(env)
+        reported = await _settled_report(env, expected)
         assert _same(reported, expected), (reported, expected)
         assert reporting.terminate() == 0
         log = reporting.tail(400)
