@@ -32,6 +32,7 @@ from schemas import (
     Stage,
     encode,
 )
+from schemas.results import terminal_record
 from topics import TopicCatalog, TopicKind
 
 TTL_SECONDS = 7 * 24 * 3600
@@ -129,27 +130,24 @@ def _parse(value: bytes | None) -> tuple[str, list[Any]] | None:
     """(batch id, script arguments) for a manifest, completion or failure record."""
     try:
         data = orjson.loads(value or b"")
-        kind = data.get("kind") if isinstance(data, dict) else None
-        if kind == "manifest":
+        if isinstance(data, dict) and data.get("kind") == "manifest":
             manifest = BatchManifest.model_validate(data)
             return manifest.batch_id, ["manifest", manifest.total]
-        if kind == "completion":
-            c = Completion.model_validate(data)
-            return c.batch_id, [
-                "completion",
-                c.job_id,
-                int(c.cached),
-                c.usage.prompt_tokens,
-                c.usage.completion_tokens,
-                repr(c.cost_usd),
-            ]
-        if kind == "failure":
-            f = Failure.model_validate(data)
-            if not f.terminal:
-                return None
-            return f.batch_id or "", ["failure", f.job_id, f.code.value]
+        record = terminal_record(data)
     except (orjson.JSONDecodeError, ValidationError):
         return None
+    if isinstance(record, Completion):
+        usage = record.usage
+        return record.batch_id, [
+            "completion",
+            record.job_id,
+            int(record.cached),
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            repr(record.cost_usd),
+        ]
+    if isinstance(record, Failure):
+        return record.batch_id or "", ["failure", record.job_id, record.code.value]
     return None
 
 

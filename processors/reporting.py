@@ -46,6 +46,7 @@ from schemas.reports import (
     template_label,
     window_key,
 )
+from schemas.results import terminal_record
 from topics import KafkaConnection, TopicCatalog, TopicKind
 
 log = logging.getLogger(__name__)
@@ -262,33 +263,33 @@ def _count_args(
 ) -> tuple[str, str, datetime, tuple[str, str, str], list[Any]] | None:
     """(batch id, job id, window start, dimensions, kind arguments) of a terminal record."""
     try:
-        data = orjson.loads(value or b"")
-        kind = data.get("kind") if isinstance(data, dict) else None
-        if kind == "completion":
-            c = Completion.model_validate(data)
-            tail: list[Any] = [
-                "completion",
-                int(c.cached),
-                c.usage.prompt_tokens,
-                c.usage.completion_tokens,
-                repr(c.cost_usd),
-                -1 if c.cached else latency_bucket(c.latency_ms),
-            ]
-            dims = (c.tenant, template_label(c.template, c.template_version), c.model)
-            return c.batch_id, c.job_id, _window(c.created_at, window_seconds), dims, tail
-        if kind == "failure":
-            f = Failure.model_validate(data)
-            if not f.terminal:
-                return None
-            dims = (
-                f.tenant or NONE,
-                template_label(f.template, f.template_version),
-                f.model or NONE,
-            )
-            start = _window(f.failed_at, window_seconds)
-            return f.batch_id or NONE, f.job_id, start, dims, ["failure", f.code.value]
+        record = terminal_record(orjson.loads(value or b""))
     except (orjson.JSONDecodeError, ValidationError):
         return None
+    if isinstance(record, Completion):
+        tail: list[Any] = [
+            "completion",
+            int(record.cached),
+            record.usage.prompt_tokens,
+            record.usage.completion_tokens,
+            repr(record.cost_usd),
+            -1 if record.cached else latency_bucket(record.latency_ms),
+        ]
+        dims = (
+            record.tenant,
+            template_label(record.template, record.template_version),
+            record.model,
+        )
+        start = _window(record.created_at, window_seconds)
+        return record.batch_id, record.job_id, start, dims, tail
+    if isinstance(record, Failure):
+        dims = (
+            record.tenant or NONE,
+            template_label(record.template, record.template_version),
+            record.model or NONE,
+        )
+        start = _window(record.failed_at, window_seconds)
+        return record.batch_id or NONE, record.job_id, start, dims, ["failure", record.code.value]
     return None
 
 

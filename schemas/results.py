@@ -106,3 +106,16 @@ class Failure(BaseModel):
 
 
 TerminalRecord = Completion | Failure
+
+
+def terminal_record(data: object) -> Completion | Failure | None:
+    """A decoded JSON value as a job's terminal record: a completion, or a failure of the
+    prompt stage; anything else (another kind, a downstream dead letter) is ``None``.
+    A record of either kind that does not validate raises ``pydantic.ValidationError``."""
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind == "completion":
+        return Completion.model_validate(data)
+    if kind == "failure":
+        failure = Failure.model_validate(data)
+        return failure if failure.terminal else None
+    return None
