@@ -6,6 +6,7 @@ import argparse
 
 from promptmill.dev import simulator
 from promptmill.dev.stack import down, status, up
+from promptmill.dev.stack_file import KafkaInfo
 from promptmill.settings import Settings
 
 
@@ -15,8 +16,13 @@ def dev_up(settings: Settings, args: argparse.Namespace) -> None:
         components.add("model_sim")
     if args.real_model:
         components.add("model_real")
-    info = up(settings.state_dir, settings.cache_dir, components)
+    info = up(settings.state_dir, settings.cache_dir, components, args.brokers)
     for name, proc in info.components().items():
+        if isinstance(proc, KafkaInfo) and proc.nodes:
+            print(f"{name:<11} {proc.address}  ({proc.brokers} brokers)")
+            for n in proc.nodes:
+                print(f"  node {n.node_id:<4} {n.bootstrap}  (pid {n.pid}, log {n.log})")
+            continue
         print(f"{name:<11} {proc.address}  (pid {proc.pid}, log {proc.log})")
     print(f"state in {settings.state_dir}; stop with `promptmill dev down`")
 

