@@ -2,7 +2,9 @@
 
 ``apply`` is idempotent: it creates missing topics, adds partitions where the catalog
 asks for more (Kafka cannot remove partitions; fewer is reported, not applied), and
-sets the catalog's topic configs where they differ.
+sets the catalog's topic configs where they differ. Only the drifted catalog keys are
+SET (IncrementalAlterConfigs, see ``topics.kafka_protocol``): any other dynamic config an
+operator put on a topic stays as it is.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from topics.catalog import TopicCatalog, TopicSpec
 from topics.connection import KafkaConnection
+from topics.kafka_protocol import set_topic_configs
 
 log = logging.getLogger(__name__)
 TOPIC_ALREADY_EXISTS = 36
@@ -100,8 +103,7 @@ async def _reconcile(admin: AIOKafkaAdminClient, spec: TopicSpec, current: tuple
     config = (await _describe_configs(admin, [spec.name])).get(spec.name, {})
     drift = {k: v for k, v in spec.config.items() if config.get(k) != v}
     if drift:
-        wanted = {k: v for k, v in config.items() if k in spec.config} | spec.config
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, spec.name, wanted)])
+        await set_topic_configs(admin, spec.name, drift)
         notes.append("config " + ", ".join(f"{k}={v}" for k, v in sorted(drift.items())))
     return f"{'altered' if notes else 'unchanged'} {spec.name}" + (
         f" ({'; '.join(notes)})" if notes else ""

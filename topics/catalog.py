@@ -5,7 +5,8 @@ carry the terminal records; ``<prefix>.templates`` is compacted and holds every 
 version and label; ``<prefix>.batches`` holds batch manifests; ``<prefix>.moderation``
 holds one verdict per completion, which is also routed to ``<prefix>.approved`` or
 ``<prefix>.flagged``; ``<prefix>.reports`` holds windowed usage reports. Partitions, replication
-and retention come from settings; cleanup policy is part of the contract.
+and retention come from settings; cleanup policy is part of the contract. With three or
+more replicas every topic also asks for two in-sync replicas (see ``MIN_INSYNC_REPLICAS``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ class ConsumerGroup(StrEnum):
     REPORTING = "reporting"
 
 
+class TransactionalId(StrEnum):
+    """Transactional ids (suffixes), one per kind of transactional writer."""
+
+    TEMPLATES = "templates-writer"  # every push and label move: they fence each other
+
+
 DEFAULT_PARTITIONS: dict[TopicKind, int] = {
     TopicKind.JOBS: 12,
     TopicKind.COMPLETIONS: 6,
@@ -60,6 +67,12 @@ DEFAULT_RETENTION_MS: dict[TopicKind, int] = {
     TopicKind.REPORTS: 90 * DAY_MS,
 }
 COMPACTED = {TopicKind.TEMPLATES}
+# With acks=all a write is acknowledged once every in-sync replica has it. Two in-sync
+# replicas out of three or more: a topic keeps taking writes when one broker is lost,
+# and never acknowledges a write that only one replica holds. With one or two replicas
+# the broker's default applies (two of two would stop writes on any broker loss).
+MIN_INSYNC_REPLICAS = 2
+MIN_INSYNC_FROM_REPLICATION = 3
 
 
 @dataclass(frozen=True)
@@ -101,11 +114,16 @@ class TopicCatalog:
     def group(self, group: ConsumerGroup) -> str:
         return f"{self.prefix}.{group.value}"
 
+    def transactional_id(self, writer: TransactionalId) -> str:
+        return f"{self.prefix}.{writer.value}"
+
     def spec(self, kind: TopicKind) -> TopicSpec:
         if kind in COMPACTED:
             config = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
         else:
             config = {"cleanup.policy": "delete", "retention.ms": str(self._retention[kind])}
+        if self._replication >= MIN_INSYNC_FROM_REPLICATION:
+            config["min.insync.replicas"] = str(MIN_INSYNC_REPLICAS)
         return TopicSpec(kind, self.name(kind), self._partitions[kind], self._replication, config)
 
     def specs(self) -> list[TopicSpec]:

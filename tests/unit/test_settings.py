@@ -167,6 +167,22 @@ def test_catalog_overrides() -> None:
     assert catalog.spec(TopicKind.COMPLETIONS).partitions == 6
 
 
+@pytest.mark.parametrize("replication", [3, 5])
+def test_replicated_topics_need_two_in_sync_replicas(replication: int) -> None:
+    catalog = TopicCatalog("pm", replication=replication)
+    for spec in catalog.specs():
+        assert spec.config["min.insync.replicas"] == "2", spec.name
+    assert catalog.spec(TopicKind.TEMPLATES).config["cleanup.policy"] == "compact"
+    assert catalog.spec(TopicKind.JOBS).config["cleanup.policy"] == "delete"
+
+
+@pytest.mark.parametrize("replication", [1, 2])
+def test_few_replicas_leave_min_insync_replicas_to_the_broker(replication: int) -> None:
+    catalog = TopicCatalog("pm", replication=replication)
+    for spec in catalog.specs():
+        assert "min.insync.replicas" not in spec.config, spec.name
+
+
 def test_catalog_refuses_unknown_kinds() -> None:
     with pytest.raises(ValueError, match="unknown topic kind"):
         TopicCatalog("pm", partitions={"job": 3})
