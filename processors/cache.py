@@ -22,10 +22,18 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def request_key(model: str, messages: list[ChatMessage], params: dict[str, Any]) -> str:
-    """A canonical sha256 of (model, rendered messages, parameters)."""
+def request_key(
+    model: str, messages: list[ChatMessage], params: dict[str, Any], tenant: str | None
+) -> str:
+    """A canonical sha256 of (tenant, model, rendered messages, parameters).
+
+    ``tenant`` scopes the answer: another tenant asking the same never gets it (nor learns
+    that it was asked). ``None`` shares answers across tenants, which a deployment must
+    choose explicitly (``PROMPTMILL_CACHE_SHARED_ACROSS_TENANTS``).
+    """
     canonical = orjson.dumps(
         {
+            "tenant": tenant,
             "model": model,
             "messages": [m.model_dump(exclude_none=True) for m in messages],
             "params": params,

@@ -18,8 +18,9 @@ from typing import Any
 import orjson
 
 from processors.model import ModelClient
-from processors.templates import Renderer, TemplateStore
+from processors.templates.render import Renderer
 from schemas import Completion, ErrorCode, PromptmillError
+from topics.templates import TemplateStore
 
 FLAGGED_WORDS = frozenset({"flagged", "unsafe", "yes", "flag", "harmful"})
 SAFE_WORDS = frozenset({"safe", "approved", "no", "ok", "clean", "harmless"})
@@ -82,15 +83,22 @@ class Classifier:
     """Renders the classification template for a completion and reads the model's verdict."""
 
     def __init__(
-        self, store: TemplateStore, ref: str, model: ModelClient, default_model: str
+        self,
+        store: TemplateStore,
+        renderer: Renderer,
+        ref: str,
+        model: ModelClient,
+        default_model: str,
     ) -> None:
         self._store = store
+        self._renderer = renderer
         self._ref = ref
         self._model = model
         self._default_model = default_model
-        self._renderer = Renderer()
 
-    async def classify(self, completion: Completion) -> Classification:
+    async def classify(self, completion: Completion, size: int) -> Classification:
+        """The verdict on ``completion`` (``size``: its record's size, which bounds the
+        template's variables)."""
         template = self._store.resolve(self._ref)
         variables = {
             "text": completion.text,
@@ -100,7 +108,7 @@ class Classifier:
             "custom_id": completion.custom_id,
             "metadata": completion.metadata,
         }
-        messages = self._renderer.render(template, variables)
+        messages = await self._renderer.render(template, variables, size)
         model = template.model or self._default_model
         reply = await self._model.complete(model, messages, template.params.as_request())
         flagged, categories, scores = parse_verdict(reply.text)

@@ -44,7 +44,7 @@ class ModerationProcessor:
         catalog: TopicCatalog,
         model: ModelClient,
         moderation_model: str | None,
-        registry: Registry | None = None,
+        registry: Registry,
         classifier: Classifier | None = None,
     ) -> None:
         self._verdicts = catalog.name(TopicKind.MODERATION)
@@ -54,7 +54,7 @@ class ModerationProcessor:
         self._model = model
         self._moderation_model = moderation_model
         self._classifier = classifier
-        self._counts = (registry or Registry()).counter(
+        self._counts = registry.counter(
             "promptmill_verdicts_total", "Completions checked, by verdict.", ("flagged",)
         )
 
@@ -71,7 +71,7 @@ class ModerationProcessor:
             code, message = describe_validation_error(exc)
             return [self._failure(record, None, code, message)]
         try:
-            verdict = await self._verdict(completion)
+            verdict = await self._verdict(completion, len(record.value or b""))
         except ModelCallError as exc:
             return [self._failure(record, completion, exc.code, exc.message, exc.attempts)]
         except PromptmillError as exc:
@@ -84,7 +84,7 @@ class ModerationProcessor:
             Outcome(route, record.value or b"", key=key, headers=headers),
         ]
 
-    async def _verdict(self, completion: Completion) -> Verdict:
+    async def _verdict(self, completion: Completion, size: int) -> Verdict:
         common = {
             "job_id": completion.job_id,
             "batch_id": completion.batch_id,
@@ -92,7 +92,7 @@ class ModerationProcessor:
             "custom_id": completion.custom_id,
         }
         if self._classifier is not None:
-            found = await self._classifier.classify(completion)
+            found = await self._classifier.classify(completion, size)
             return Verdict(
                 **common,
                 flagged=found.flagged,

@@ -12,7 +12,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 from pydantic import ValidationError
@@ -25,8 +25,7 @@ from processors.pricing import Price, cost_usd
 from processors.prompt_metrics import PromptMetrics
 from processors.runtime import InRecord, Outcome
 from processors.runtime.deadletters import dead_letter, job_headers, job_id_of
-from processors.runtime.metrics import Registry
-from processors.templates import Renderer, TemplateStore
+from processors.templates.render import Renderer
 from schemas import (
     ChatMessage,
     Completion,
@@ -41,6 +40,7 @@ from schemas import (
 from schemas.jobs import ModelParams
 from schemas.validation import describe_validation_error
 from topics import TopicCatalog, TopicKind
+from topics.templates import TemplateStore
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class PromptConfig:
     # what the provider meters: "prompt" (prompt + max_tokens at admission, as OpenAI does:
     # only the prompt estimate is corrected) or "usage" (the real total is what counts)
     true_up: Literal["prompt", "usage"] = "prompt"
+    cache_shared_across_tenants: bool = False  # else a cached answer serves its tenant only
 
 
 class PromptProcessor:
@@ -75,18 +76,19 @@ class PromptProcessor:
         self,
         catalog: TopicCatalog,
         templates: TemplateStore,
+        renderer: Renderer,
         model: ModelClient,
         fleet: FleetState,
         config: PromptConfig,
-        metrics: PromptMetrics | None = None,
+        metrics: PromptMetrics,
     ) -> None:
         self._completions = catalog.name(TopicKind.COMPLETIONS)
         self._failures = catalog.name(TopicKind.FAILURES)
         self._templates = templates
-        self._renderer = Renderer()
+        self._renderer = renderer
         self._model = model
         self._fleet = fleet
-        self._metrics = metrics or PromptMetrics(Registry())
+        self._metrics = metrics
         self._coalescer: Coalescer[tuple[ModelReply, bool]] = Coalescer()
         self._config = config
 
@@ -107,7 +109,7 @@ class PromptProcessor:
             code, message = describe_validation_error(exc)
             return [self._failure(record, None, code, message)]
         try:
-            completion = await self._process(job)
+            completion = await self._process(job, len(record.value or b""))
         except ModelCallError as exc:
             self._metrics.model_errors.inc(code=exc.code.value)
             return [self._failure(record, job, exc.code, exc.message, exc.attempts, exc.retriable)]
@@ -126,11 +128,11 @@ class PromptProcessor:
         message = f"internal error: {type(error).__name__}: {error}"
         return self._failure(record, None, ErrorCode.INTERNAL_ERROR, message)
 
-    async def _process(self, job: PromptJob) -> Completion:
+    async def _process(self, job: PromptJob, size: int) -> Completion:
         ref = job.template_ref()
         template = self._templates.resolve(ref) if ref else None
         if template is not None:
-            messages = self._renderer.render(template, job.variables)
+            messages = await self._renderer.render(template, job.variables, size)
             params = job.params.merged_over(template.params)
             model = job.model or template.model or self._config.default_model
         else:
@@ -167,52 +169,62 @@ class PromptProcessor:
         self, job: PromptJob, model: str, messages: list[ChatMessage], params: ModelParams
     ) -> tuple[ModelReply, bool]:
         """The reply, and whether it came from the cache (or a call shared with another job)."""
-        request = params.as_request()
+        prompt_estimate = estimate_tokens(messages)
+        call = _Call(
+            model,
+            job.tenant,
+            messages,
+            params.as_request(),
+            prompt_estimate,
+            prompt_estimate
+            + (
+                params.max_tokens
+                or params.max_completion_tokens
+                or self._config.completion_estimate
+            ),
+        )
         cacheable = self._config.cache_enabled and (
             job.cache if job.cache is not None else _deterministic(params)
         )
-        prompt_estimate = estimate_tokens(messages)
-        estimate = prompt_estimate + (
-            params.max_tokens or params.max_completion_tokens or self._config.completion_estimate
-        )
-
-        async def lookup_or_call(key: str | None) -> tuple[ModelReply, bool]:
-            found = await self._fleet.lookup(key, model, job.tenant, estimate)
-            if found.cached is not None:
-                return _reply_from_cache(found.cached), True
-            ticket = Ticket(self._fleet, model, job.tenant, estimate, found)
-            try:
-                reply = await self._model.complete(model, messages, request, gate=ticket)
-            finally:
-                self._metrics.rate_limit_wait.inc(ticket.waited)
-            await self._fleet.settle(
-                key,
-                _reply_to_cache(reply) if key else None,
-                model,
-                job.tenant,
-                refund_tokens=estimate - reply.usage.total_tokens
-                if reply.usage.total_tokens
-                else 0,
-                feedback=reply.feedback,
-            )
-            return reply, False
-
         if not cacheable:
-            return await lookup_or_call(None)
-        key = request_key(model, messages, request)
+            return await self._lookup_or_call(call, None)
+        scope = None if self._config.cache_shared_across_tenants else job.tenant
+        key = request_key(model, messages, call.request, scope)
         (reply, from_cache), shared = await self._coalescer.run(
-            key, lambda: lookup_or_call(key), linger=lambda result: not result[1]
+            key, lambda: self._lookup_or_call(call, key), linger=lambda result: not result[1]
         )
         return reply, from_cache or shared
 
-    def _refund(self, prompt_estimate: int, reserved: int, reply: ModelReply) -> int:
-        """Tokens to give back (or, negative, to charge) once the real usage is known."""
+    async def _lookup_or_call(self, call: _Call, key: str | None) -> tuple[ModelReply, bool]:
+        """The cached answer for ``key``; else the model's, within the fleet's limits."""
+        found = await self._fleet.lookup(key, call.model, call.tenant, call.reserved)
+        if found.cached is not None:
+            return _reply_from_cache(found.cached), True
+        ticket = Ticket(self._fleet, call.model, call.tenant, call.reserved, found)
+        try:
+            reply = await self._model.complete(call.model, call.messages, call.request, ticket)
+        finally:
+            self._metrics.rate_limit_wait.inc(ticket.waited)
+        await self._fleet.settle(
+            key,
+            _reply_to_cache(reply) if key else None,
+            call.model,
+            call.tenant,
+            refund_tokens=self._refund(call, reply),
+            feedback=reply.feedback,
+        )
+        return reply, False
+
+    def _refund(self, call: _Call, reply: ModelReply) -> int:
+        """Tokens to give back (or, negative, to charge) once the real usage is known:
+        ``usage`` meters what the call really used; ``prompt`` (OpenAI's way) keeps the
+        ``max_tokens`` reserved and corrects only the prompt estimate."""
         usage = reply.usage
         if not usage.total_tokens:
             return 0
         if self._config.true_up == "usage":
-            return reserved - usage.total_tokens
-        return prompt_estimate - usage.prompt_tokens
+            return call.reserved - usage.total_tokens
+        return call.prompt_estimate - usage.prompt_tokens
 
     def _failure(
         self,
@@ -255,6 +267,18 @@ class PromptProcessor:
         except PromptmillError:
             template = None
         return (template.model if template else None) or self._config.default_model
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One model request as the fleet sees it: who, what, and the tokens reserved for it."""
+
+    model: str
+    tenant: str
+    messages: list[ChatMessage]
+    request: dict[str, Any]
+    prompt_estimate: int
+    reserved: int  # prompt estimate + max_tokens (or the completion estimate)
 
 
 def _deterministic(params: ModelParams) -> bool:

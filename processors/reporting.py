@@ -117,15 +117,15 @@ class ReportingProcessor:
         catalog: TopicCatalog,
         redis: Redis,
         prefix: str,
-        config: ReportingConfig | None = None,
-        registry: Registry | None = None,
+        config: ReportingConfig,
+        registry: Registry,
     ) -> None:
         self._conn = conn
         self._reports = catalog.name(TopicKind.REPORTS)
         self._failures = catalog.name(TopicKind.FAILURES)
         self._redis = redis
         self._prefix = f"{prefix}:report"
-        self._config = config or ReportingConfig()
+        self._config = config
         self._count = redis.register_script(COUNT)
         self._clean = redis.register_script(CLEAN)
         self._unlock = redis.register_script(UNLOCK)
@@ -133,7 +133,7 @@ class ReportingProcessor:
         self._flusher: asyncio.Task[None] | None = None
         self._token = uuid.uuid4().hex
         self._order = PartitionOrder()
-        metrics = registry or Registry()
+        metrics = registry
         self._records = metrics.counter(
             "promptmill_report_records_total",
             "Terminal records seen by reporting, by whether they were counted or repeats.",

@@ -21,12 +21,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from processors.templates import TemplateRegistry, UnknownTemplate
-from processors.templates.store import TemplateStore
-from producers.reader import InputFormat, LineError, read_jobs
+from producers.reader import InputFormat, LineError, detect_format, read_jobs
 from producers.results import BatchReport, ResultFollower
 from schemas import BatchManifest, Completion, Failure, Header, PromptJob, SourcePosition, encode
 from topics import KafkaConnection, TopicCatalog, TopicKind
+from topics.templates import TemplateRegistry, TemplateStore, UnknownTemplate
 
 __all__ = ["BatchReport", "Client", "SubmitReport"]
 PENDING_LIMIT = 5000
@@ -82,9 +81,16 @@ class Client:
     ) -> SubmitReport:
         """Submit every line of ``path`` as one batch."""
         batch_id = batch_id or new_batch_id()
+        if fmt is InputFormat.AUTO:
+            fmt = detect_format(path)
         items = read_jobs(path, batch_id=batch_id, tenant=tenant, fmt=fmt, template=template)
         return await self.submit_items(
-            items, batch_id=batch_id, tenant=tenant, source=str(path), on_progress=on_progress
+            items,
+            batch_id=batch_id,
+            tenant=tenant,
+            source=str(path),
+            input_format=fmt,
+            on_progress=on_progress,
         )
 
     async def submit_items(
@@ -94,6 +100,7 @@ class Client:
         batch_id: str,
         tenant: str = "default",
         source: str | None = None,
+        input_format: InputFormat = InputFormat.PROMPTMILL,
         on_progress: Progress | None = None,
     ) -> SubmitReport:
         """Submit already-parsed jobs (and line errors) as batch ``batch_id``."""
@@ -108,6 +115,9 @@ class Client:
                 batch_id=batch_id,
                 tenant=tenant,
                 source=source,
+                input_format="openai-batch"
+                if input_format is InputFormat.OPENAI_BATCH
+                else "promptmill",
                 total=0,
                 submitted=0,
                 invalid=0,

@@ -71,6 +71,20 @@ class _BatchLine(BaseModel):
     body: dict[str, Any]
 
 
+def detect_format(path: Path) -> InputFormat:
+    """The format of ``path`` as ``auto`` reads it: OpenAI Batch if its first JSON object
+    has a ``body``, else promptmill."""
+    with path.open("rb") as lines:
+        for raw in lines:
+            try:
+                data = orjson.loads(raw) if raw.strip() else None
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(data, dict):
+                return InputFormat.OPENAI_BATCH if "body" in data else InputFormat.PROMPTMILL
+    return InputFormat.PROMPTMILL
+
+
 def read_jobs(
     path: Path,
     *,

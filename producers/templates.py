@@ -8,19 +8,30 @@ Errors name the file, the line and the field.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, ProducerFenced
 from jinja2 import TemplateError
+from jinja2.sandbox import SandboxedEnvironment
 from pydantic import ValidationError
 
-from processors.templates import Renderer, TemplateRegistry
 from schemas import LabelRecord, PromptmillError, Template, encode
 from schemas.templates import TemplateBody
 from topics import KafkaConnection, TopicCatalog, TopicKind
+from topics.catalog import TransactionalId
+from topics.templates import TemplateRegistry, TemplateStore
+
+log = logging.getLogger(__name__)
+PUSH_ATTEMPTS = 8
 
 
 class TemplateFileError(PromptmillError):
@@ -73,10 +84,10 @@ def load_template_file(path: Path) -> TemplateFile:
         raise TemplateFileError(
             f"{path}:{_line_of(node, loc)}: field {field}: {err['msg']}"
         ) from None
-    renderer = Renderer()
+    syntax = SandboxedEnvironment()
     for index, message in enumerate(body.messages):
         try:
-            renderer.variables_used(message.content)
+            syntax.parse(message.content)
         except TemplateError as exc:
             where = _line_of(node, ["messages", index, "content"])
             raise TemplateFileError(
@@ -107,14 +118,15 @@ def _line_of(node: Any, loc: list[Any]) -> int:
 async def push_templates(
     conn: KafkaConnection, catalog: TopicCatalog, files: list[TemplateFile], label: str | None
 ) -> list[str]:
-    """Publish changed templates as new versions and move ``label``; returns what was done."""
-    topic = catalog.name(TopicKind.TEMPLATES)
-    async with TemplateRegistry(conn, topic, follow=False) as registry:
-        store = registry.store
-    producer = AIOKafkaProducer(**conn.client_options(), acks="all", enable_idempotence=True)
-    await producer.start()
-    actions = []
-    try:
+    """Publish changed templates as new versions and move ``label``; returns what was done.
+
+    A version number means one content fleet-wide, however many pushes race: see
+    :func:`_transaction`.
+    """
+
+    def plan(store: TemplateStore) -> tuple[list[Template | LabelRecord], list[str]]:
+        records: list[Template | LabelRecord] = []
+        actions = []
         for item in files:
             body, name = item.body, item.body.name
             digest = body.compute_hash()
@@ -124,29 +136,77 @@ async def push_templates(
                 actions.append(f"{name}: unchanged (version {version})")
             else:
                 version = latest.version + 1 if latest else 1
-                record = Template(**body.model_dump(), version=version, content_hash=digest)
-                await producer.send_and_wait(topic, encode(record), key=record.key.encode())
+                records.append(Template(**body.model_dump(), version=version, content_hash=digest))
                 actions.append(f"{name}: published version {version}")
             if label is not None and store.labels(name).get(label) != version:
-                moved = LabelRecord(name=name, label=label, version=version)
-                await producer.send_and_wait(topic, encode(moved), key=moved.key.encode())
+                records.append(LabelRecord(name=name, label=label, version=version))
                 actions.append(f"{name}: label {label} -> version {version}")
-    finally:
-        await producer.stop()
-    return actions
+        return records, actions
+
+    return await _transaction(conn, catalog, plan)
 
 
 async def move_label(
     conn: KafkaConnection, catalog: TopicCatalog, name: str, label: str, version: int
 ) -> None:
     """Point ``name@label`` at an existing ``version`` (a rollback is just this)."""
+
+    def plan(store: TemplateStore) -> tuple[list[Template | LabelRecord], list[str]]:
+        store.resolve(f"{name}@{version}")  # raises UnknownTemplate naming what is missing
+        return [LabelRecord(name=name, label=label, version=version)], []
+
+    await _transaction(conn, catalog, plan)
+
+
+def _retrieve(producer: Any, sent: list[asyncio.Future[Any]]) -> None:
+    """Mark the errors of a fenced transaction's futures as seen: the fencing is handled by
+    retrying, and asyncio would otherwise log each as "exception never retrieved" (aiokafka
+    keeps one more in its transaction manager, which it never awaits after a fatal error)."""
+    manager = getattr(producer, "_txn_manager", None)
+    waiter = manager.wait_for_transaction_end() if manager is not None else None
+    for future in [*sent, *([waiter] if waiter is not None else [])]:
+        if future.done() and not future.cancelled():
+            future.exception()
+
+
+Plan = Callable[[TemplateStore], tuple[list[Template | LabelRecord], list[str]]]
+
+
+async def _transaction(conn: KafkaConnection, catalog: TopicCatalog, plan: Plan) -> list[str]:
+    """Read the templates topic, decide what to write, and write it, as one compare-and-set.
+
+    Every writer of the templates topic uses one transactional id. Starting a producer
+    with it fences every earlier one (the broker aborts their open transaction and refuses
+    their commit), so the order *start, read, write, commit* makes the read current: a push
+    that read before another push's commit has been fenced by it, fails to commit, and
+    starts over from a fresh read (which then sees the other version and picks the next
+    number). Readers see committed records only (:class:`~topics.templates.TemplateRegistry`).
+    """
     topic = catalog.name(TopicKind.TEMPLATES)
-    async with TemplateRegistry(conn, topic, follow=False) as registry:
-        registry.store.resolve(f"{name}@{version}")
-    producer = AIOKafkaProducer(**conn.client_options(), acks="all", enable_idempotence=True)
-    await producer.start()
-    try:
-        moved = LabelRecord(name=name, label=label, version=version)
-        await producer.send_and_wait(topic, encode(moved), key=moved.key.encode())
-    finally:
-        await producer.stop()
+    for attempt in range(1, PUSH_ATTEMPTS + 1):
+        producer = AIOKafkaProducer(
+            **conn.client_options(),
+            acks="all",
+            enable_idempotence=True,
+            transactional_id=catalog.transactional_id(TransactionalId.TEMPLATES),
+        )
+        sent: list[asyncio.Future[Any]] = []
+        await producer.start()  # fences every earlier writer
+        try:
+            async with TemplateRegistry(conn, topic, follow=False) as registry:
+                records, actions = plan(registry.store)
+            if not records:
+                return actions
+            async with producer.transaction():
+                for record in records:
+                    sent.append(await producer.send(topic, encode(record), key=record.key.encode()))
+            return actions
+        except ProducerFenced:
+            log.info("another template push won the race (attempt %d); reading again", attempt)
+        finally:
+            with contextlib.suppress(KafkaError):
+                await producer.stop()
+            _retrieve(producer, sent)
+        # racing writers that retry at once fence each other forever: back off, at random
+        await asyncio.sleep(random.uniform(0, 0.2 * 2**attempt))
+    raise TemplateFileError(f"gave up after {PUSH_ATTEMPTS} template pushes lost a race")

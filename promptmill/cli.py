@@ -15,6 +15,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from promptmill.commands import admin, batch, dev, lag, report, worker
 from promptmill.dev.processes import StackError
+from promptmill.dev.stack import BROKER_COUNTS
 from promptmill.settings import load_settings
 from schemas import PromptmillError
 
@@ -37,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("up", dev.dev_up, "start Kafka, Redis and the model simulator", devsub)
     p.add_argument("--real-model", action="store_true", help="also serve SmolLM2-135M")
     p.add_argument("--no-sim", action="store_true", help="do not start the simulator")
+    p.add_argument(
+        "--brokers",
+        type=int,
+        choices=BROKER_COUNTS,
+        help="Kafka brokers: 3 is a KRaft cluster with replicated topics (default: 1, "
+        "or as many as already run)",
+    )
     command("down", dev.dev_down, "stop the local stack and delete its data", devsub)
     command("status", dev.dev_status, "show what runs where", devsub)
     p = command("model-sim", dev.model_sim, "run the OpenAI-compatible simulator", devsub)
@@ -73,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("run", batch.run, "submit a file and follow it until every job is terminal")
     batch.add_submit_options(p)
     batch.add_output_options(p)
+    batch.add_run_options(p)
     p = command(
         "worker", worker.worker, "run a processor (prompts, moderation, batches, reporting)"
     )

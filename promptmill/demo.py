@@ -153,6 +153,7 @@ async def demo(settings: Settings, args: argparse.Namespace) -> None:
                 input_format="auto",
                 output=state / f"results-{round_}.jsonl",
                 output_format="promptmill",
+                fail_on_error=False,
             )
             done = await batch.run(local, run_args)
             requests += done.total or 0

@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     model_backoff_base_seconds: float = Field(default=0.5, gt=0)
     model_backoff_max_seconds: float = Field(default=30.0, gt=0)
     max_prompt_tokens: int = Field(default=8192, ge=1)
+    render_timeout_seconds: float = Field(default=2.0, gt=0, le=300)
+    render_processes: int = Field(default=2, ge=1, le=64)
+    render_memory_mb: int = Field(default=256, ge=64, le=65536)
+    render_max_output_bytes: int = Field(default=1_000_000, ge=1024)
 
     # Worker
     worker_concurrency: int = Field(default=128, ge=1, le=10000)
@@ -89,6 +93,7 @@ class Settings(BaseSettings):
     worker_session_timeout_ms: int = Field(default=10000, ge=1000)
     cache_enabled: bool = True
     cache_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=1)
+    cache_shared_across_tenants: bool = False
 
     # Rate limits (shared by the fleet in Redis)
     model_limits: dict[str, Limit] = Field(default_factory=dict)

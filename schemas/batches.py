@@ -22,6 +22,7 @@ class BatchManifest(BaseModel):
     batch_id: str
     tenant: str = "default"
     source: str | None = None
+    input_format: Literal["promptmill", "openai-batch"] = "promptmill"  # results default to it
     total: int = Field(ge=0)
     submitted: int = Field(ge=0)
     invalid: int = Field(ge=0)

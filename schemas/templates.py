@@ -31,8 +31,11 @@ class TemplateBody(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
 
     def compute_hash(self) -> str:
-        """A stable hash of the content, used to tell whether a push changes anything."""
-        canonical = orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        """A stable hash of the content (the fields of a template file, also when called
+        on a :class:`Template`): whether a push changes anything, and the identity of what
+        a version renders."""
+        content = self.model_dump(mode="json", include=set(TemplateBody.model_fields))
+        canonical = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(canonical).hexdigest()
 
 

@@ -42,7 +42,9 @@ class GroupLag:
         return sum(p.lag for p in self.partitions)
 
     def keda_metric(self, threshold: int, *, allow_idle_consumers: bool = False) -> int:
-        """The value KEDA reports to the HPA for ``lagThreshold`` = ``threshold``."""
+        """The value KEDA reports to the HPA for ``lagThreshold`` = ``threshold`` (>= 1)."""
+        if threshold < 1:
+            raise ValueError(f"lagThreshold must be at least 1, got {threshold}")
         if not allow_idle_consumers and self.total // threshold > len(self.partitions):
             return len(self.partitions) * threshold
         return self.total

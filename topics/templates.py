@@ -1,16 +1,36 @@
-"""The in-memory view of the templates topic: versions, labels, and resolution.
+"""The templates topic, materialised: every version and label, and resolution.
 
-The store is fed records in topic order (:meth:`TemplateStore.apply`) and answers
-``resolve("summarize@production")`` with the immutable version the label points at.
+Both sides need it: workers render the version a job names, and producers pin labels to
+versions at submit time and pick the next version number at push. The compacted topic
+holds immutable versions keyed ``version:<name>:<n>`` and labels keyed
+``label:<name>:<label>`` (see :mod:`schemas.templates`).
+
+:class:`TemplateStore` is fed records in topic order and answers
+``resolve("summarize@production")``. Anything on the topic that is not a valid record --
+a key that is not UTF-8, an unknown kind, a value that does not validate, a record whose
+key disagrees with its value or whose content hash is wrong -- is skipped with one log
+line and counted (``skipped``): one bad record never stops a worker from starting, nor
+drops the records after it.
+
+:class:`TemplateRegistry` reads the topic from the beginning to its end on ``start`` and,
+with ``follow``, keeps reading in the background, so new versions and moved labels take
+effect within a poll interval. It reads committed records only: pushes are transactions
+(:mod:`producers.templates`), and a push that lost a race was aborted.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from schemas import ErrorCode, LabelRecord, PromptmillError, Template, TemplateRef, decode
+from topics.connection import KafkaConnection
+from topics.partitions import topic_partitions
 
 log = logging.getLogger(__name__)
 
@@ -25,27 +45,45 @@ class TemplateStore:
     def __init__(self) -> None:
         self._versions: dict[str, dict[int, Template]] = {}
         self._labels: dict[str, dict[str, int]] = {}
+        self.skipped = 0  # records that were not valid templates-topic records
 
-    def apply(self, key: bytes | None, value: bytes | None) -> None:
-        """Apply one record of the templates topic (a ``None`` value is a tombstone)."""
-        text = key.decode() if key else ""
+    def apply(self, key: bytes | None, value: bytes | None) -> bool:
+        """Apply one record of the templates topic (a ``None`` value is a tombstone);
+        whether it was applied. Never raises: a bad record is logged and skipped."""
+        try:
+            text = (key or b"").decode("utf-8")
+        except UnicodeDecodeError:
+            return self._skip(key, "the key is not UTF-8")
         kind, _, rest = text.partition(":")
         name, _, selector = rest.partition(":")
+        if kind not in ("label", "version") or not name or not selector:
+            return self._skip(key, "the key is not version:<name>:<n> or label:<name>:<label>")
         if value is None:
             if kind == "label":
                 self._labels.get(name, {}).pop(selector, None)
-            elif kind == "version" and selector.isdigit():
+            elif selector.isdigit():
                 self._versions.get(name, {}).pop(int(selector), None)
-            return
+            return True
         try:
-            if kind == "label":
-                label = decode(value, LabelRecord)
-                self._labels.setdefault(label.name, {})[label.label] = label.version
-            elif kind == "version":
-                template = decode(value, Template)
-                self._versions.setdefault(template.name, {})[template.version] = template
+            record: Template | LabelRecord = (
+                decode(value, LabelRecord) if kind == "label" else decode(value, Template)
+            )
         except ValidationError as exc:
-            log.warning("ignoring bad templates record %r: %s", text, exc.errors()[0]["msg"])
+            return self._skip(key, str(exc.errors()[0]["msg"]))
+        if record.key != text:
+            return self._skip(key, f"the value is {record.key}, not what the key says")
+        if isinstance(record, LabelRecord):
+            self._labels.setdefault(record.name, {})[record.label] = record.version
+            return True
+        if record.compute_hash() != record.content_hash:
+            return self._skip(key, "content_hash does not match the content")
+        self._versions.setdefault(record.name, {})[record.version] = record
+        return True
+
+    def _skip(self, key: bytes | None, reason: str) -> bool:
+        self.skipped += 1
+        log.warning("ignoring bad templates record (key %.80r): %s", key, reason)
+        return False
 
     def resolve(self, ref: TemplateRef | str) -> Template:
         """The version ``ref`` names; raises :class:`UnknownTemplate` naming what is missing."""
@@ -80,3 +118,82 @@ class TemplateStore:
     def latest(self, name: str) -> Template | None:
         versions = self._versions.get(name)
         return versions[max(versions)] if versions else None
+
+
+class TemplateRegistry:
+    """A :class:`TemplateStore` kept up to date from Kafka (no consumer group: every
+    reader holds the whole view)."""
+
+    def __init__(self, conn: KafkaConnection, topic: str, *, follow: bool = True) -> None:
+        self.store = TemplateStore()
+        self._conn = conn
+        self._topic = topic
+        self._follow = follow
+        self._consumer: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> TemplateRegistry:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Catch up with the topic; with ``follow`` keep reading in the background."""
+        if self._consumer is not None:
+            return
+        self._consumer = AIOKafkaConsumer(
+            **self._conn.client_options(),
+            enable_auto_commit=False,
+            group_id=None,
+            isolation_level="read_committed",
+        )
+        await self._consumer.start()
+        try:
+            tps = await topic_partitions(self._consumer, self._topic)
+            self._consumer.assign(tps)
+            await self._consumer.seek_to_beginning(*tps)
+            ends = await self._consumer.end_offsets(tps)  # the last stable offsets
+            while await self._behind(tps, ends):
+                await self._poll(timeout_ms=500)
+        except BaseException:
+            await self._consumer.stop()
+            self._consumer = None
+            raise
+        if self._follow:
+            self._task = asyncio.create_task(self._run(), name="template-registry")
+        else:
+            await self._consumer.stop()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def _behind(self, tps: list[TopicPartition], ends: dict[TopicPartition, int]) -> bool:
+        for tp in tps:
+            if await self._consumer.position(tp) < ends[tp]:
+                return True
+        return False
+
+    async def _poll(self, timeout_ms: int) -> None:
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=1000)
+        for records in batches.values():
+            for record in records:
+                self.store.apply(record.key, record.value)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._poll(timeout_ms=1000)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep the last good view; Kafka may come back
+                log.exception("template registry poll failed; retrying")
+                await asyncio.sleep(1.0)

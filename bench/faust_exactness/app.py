@@ -12,7 +12,7 @@ import faust
 from bench.faust_exactness.common import WINDOW_S
 
 
-class Completion(faust.Record, serializer="json"):
+class Completion(faust.Record, serializer="json"):  # type: ignore[call-arg,misc]
     """One finished completion, as the upstream worker publishes it."""
 
     job_id: str

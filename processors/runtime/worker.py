@@ -87,7 +87,7 @@ class Worker:
         conn: KafkaConnection,
         processor: Processor,
         config: WorkerConfig,
-        registry: Registry | None = None,
+        registry: Registry,
     ) -> None:
         self._conn = conn
         self._processor = processor
@@ -100,9 +100,7 @@ class Worker:
         self._consumer: Any = None
         self._producer: Any = None
         self.stats = WorkerStats()
-        self.metrics = RuntimeMetrics(
-            registry or Registry(), processor.name, lambda: len(self._tasks), self._lag
-        )
+        self.metrics = RuntimeMetrics(registry, processor.name, lambda: len(self._tasks), self._lag)
         self.ready = False
 
     def request_stop(self) -> None:

@@ -1,7 +1,6 @@
-"""Versioned templates: the registry materialised from the compacted topic, and rendering."""
+"""Rendering versioned templates: sandboxed, bounded in time, memory and output.
 
-from processors.templates.registry import TemplateRegistry
-from processors.templates.render import Renderer
-from processors.templates.store import TemplateStore, UnknownTemplate
-
-__all__ = ["Renderer", "TemplateRegistry", "TemplateStore", "UnknownTemplate"]
+Import from the modules (``processors.templates.render`` and friends): this package is also
+where the render child process starts, which should import no more than it needs. The
+templates topic itself is materialised in :mod:`topics.templates`.
+"""

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from processors.templates import TemplateRegistry
 from producers.templates import load_template_dir, move_label, push_templates
 from promptmill import app
 from promptmill.settings import Settings
 from schemas import encode
 from topics import TopicKind
 from topics.admin import TopicState, apply_topics, describe_topics
+from topics.templates import TemplateRegistry
 
 
 async def topics_apply(settings: Settings, args: argparse.Namespace) -> None:

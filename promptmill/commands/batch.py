@@ -12,7 +12,7 @@ from typing import BinaryIO
 from producers import BatchReport, Client, InputFormat
 from producers.client import SubmitReport, new_batch_id
 from producers.output import OutputFormat, format_record
-from producers.results import ResultFollower, scan_batch
+from producers.results import ResultFollower, find_manifest, scan_batch
 from promptmill import app
 from promptmill.progress import ProgressLine
 from promptmill.settings import Settings
@@ -38,7 +38,16 @@ def add_output_options(parser: argparse.ArgumentParser, *aliases: str) -> None:
         *aliases,
         dest="output_format",
         choices=[f.value for f in OutputFormat],
-        default="promptmill",
+        default=None,
+        help="default: the batch's input format (an OpenAI Batch file gets OpenAI Batch output)",
+    )
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fail-on-error",
+        action="store_true",
+        help="exit 1 when any job failed (by default a batch that ran exits 0, as OpenAI's does)",
     )
 
 
@@ -75,8 +84,11 @@ async def results(
 ) -> ResultFollower:
     """Write every terminal record of the batch once; with --follow until all are terminal."""
     batch_id = manifest.batch_id if manifest else args.batch
-    fmt = OutputFormat(args.output_format)
-    async with Client(app.kafka_connection(settings), app.catalog(settings)) as client:
+    conn, catalog = app.kafka_connection(settings), app.catalog(settings)
+    if manifest is None and args.output_format is None:
+        manifest = await find_manifest(conn, catalog, batch_id)
+    fmt = OutputFormat(args.output_format or (manifest.input_format if manifest else "promptmill"))
+    async with Client(conn, catalog) as client:
         follower = client.follow(batch_id)
         progress = ProgressLine(f"batch {batch_id}", manifest.total if manifest else None)
         with ExitStack() as stack:
@@ -106,6 +118,11 @@ async def run(settings: Settings, args: argparse.Namespace) -> BatchReport:
             f"{follower.done.completed} completed, {sum(follower.done.failed.values())} failed)"
         )
     print("\n".join(lines))
+    failed = sum(follower.report.failed.values())
+    if args.fail_on_error and failed:
+        raise SystemExit(
+            f"promptmill: {failed} of {follower.report.total} job(s) failed (--fail-on-error)"
+        )
     return follower.report
 
 

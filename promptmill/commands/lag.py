@@ -10,10 +10,23 @@ from topics import ConsumerGroup, TopicKind
 from topics.lag import group_lag
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (KEDA's lagThreshold must be > 0)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group", help="consumer group (default: the prompt workers' group)")
     parser.add_argument("--topic", action="append", help="topic (default: the jobs topic)")
-    parser.add_argument("--threshold", type=int, default=100, help="KEDA lagThreshold")
+    parser.add_argument(
+        "--threshold", type=positive_int, default=100, help="KEDA lagThreshold (>= 1)"
+    )
     parser.add_argument(
         "--offset-reset",
         choices=["latest", "earliest"],

@@ -25,10 +25,12 @@ from processors.retry import Backoff
 from processors.runtime import Processor, Worker, WorkerConfig
 from processors.runtime.health import HealthServer
 from processors.runtime.metrics import Registry
-from processors.templates import TemplateRegistry
+from processors.templates.pool import PoolConfig, RenderPool
+from processors.templates.render import Renderer
 from promptmill import app
 from promptmill.settings import Settings, SettingsError
 from topics import ConsumerGroup, TopicKind
+from topics.templates import TemplateRegistry
 
 log = logging.getLogger(__name__)
 PROCESSORS = {
@@ -61,7 +63,11 @@ async def worker(settings: Settings, args: argparse.Namespace) -> None:
             if settings.moderation_template:
                 registry = await _templates(settings, resources)
                 classifier = Classifier(
-                    registry.store, settings.moderation_template, model, endpoint.default_model
+                    registry.store,
+                    await _renderer(settings, resources),
+                    settings.moderation_template,
+                    model,
+                    endpoint.default_model,
                 )
             processor = ModerationProcessor(
                 catalog, model, settings.moderation_model, metrics, classifier
@@ -75,7 +81,9 @@ async def worker(settings: Settings, args: argparse.Namespace) -> None:
                 window_seconds=settings.report_window_seconds,
                 flush_seconds=settings.report_flush_seconds,
             )
-            processor = ReportingProcessor(conn, catalog, redis, settings.redis_key_prefix, config)
+            processor = ReportingProcessor(
+                conn, catalog, redis, settings.redis_key_prefix, config, metrics
+            )
         else:
             processor = await _prompts(settings, resources, model, metrics, endpoint.default_model)
         kinds, group = PROCESSORS[args.processor]
@@ -150,6 +158,7 @@ async def _prompts(
     return PromptProcessor(
         catalog,
         registry.store,
+        await _renderer(settings, resources),
         model,
         fleet,
         PromptConfig(
@@ -158,10 +167,24 @@ async def _prompts(
             cache_enabled=settings.cache_enabled,
             completion_estimate=settings.completion_tokens_estimate,
             true_up=settings.rate_limit_true_up,
+            cache_shared_across_tenants=settings.cache_shared_across_tenants,
             prices=settings.model_prices,
         ),
         PromptMetrics(metrics),
     )
+
+
+async def _renderer(settings: Settings, resources: AsyncExitStack) -> Renderer:
+    """The bounded renderer and its child processes (stopped on exit)."""
+    pool = RenderPool(
+        PoolConfig(
+            processes=settings.render_processes,
+            timeout=settings.render_timeout_seconds,
+            memory_mb=settings.render_memory_mb,
+            max_output=settings.render_max_output_bytes,
+        )
+    )
+    return await resources.enter_async_context(Renderer(pool))
 
 
 async def _templates(settings: Settings, resources: AsyncExitStack) -> TemplateRegistry:

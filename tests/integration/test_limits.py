@@ -12,7 +12,17 @@ from pathlib import Path
 
 import orjson
 import pytest
+from redis.asyncio import Redis
 
+from processors.fleet import FleetState, Limit, LimitTable
+from processors.fleet.state import FleetConfig
+from processors.model import ModelClient
+from processors.prompt_metrics import PromptMetrics
+from processors.prompts import PromptConfig, PromptProcessor
+from processors.runtime import InRecord
+from processors.runtime.metrics import Registry
+from processors.templates.pool import PoolConfig, RenderPool
+from processors.templates.render import Renderer
 from promptmill.dev.harness import (
     ROOT,
     Env,
@@ -22,7 +32,9 @@ from promptmill.dev.harness import (
     until,
     write_jsonl,
 )
-from schemas import Completion
+from schemas import ChatMessage, Completion, PromptJob, decode, encode
+from schemas.jobs import ModelParams
+from topics.templates import TemplateStore
 
 TEMPLATES = Path(__file__).parent / "templates"
 WINDOW = 60.0
@@ -180,3 +192,44 @@ async def test_a_10_second_429_storm_loses_nothing_and_throughput_recovers(
     assert recovered - storm_end <= 6.0
     stats = await sim_call(env.endpoints.sim_url, "GET", "/sim/stats")
     assert stats["chat_completions"] >= 700
+
+
+@pytest.mark.parametrize("true_up", ["prompt", "usage"])
+async def test_true_up_setting_decides_what_a_call_is_charged(env: Env, true_up: str) -> None:
+    """``PROMPTMILL_RATE_LIMIT_TRUE_UP``: after one call the tokens bucket holds what the
+    provider meters, the prompt's real tokens + ``max_tokens`` (``prompt``, OpenAI's way) or
+    the real total (``usage``)."""
+    redis = Redis.from_url(env.endpoints.redis_url)
+    limits = LimitTable({"promptmill-sim": Limit(tpm=60_000)})
+    fleet = FleetState(redis, env.prefix, limits, FleetConfig())
+    model = ModelClient(env.endpoints.sim_url, "sim")
+    processor = PromptProcessor(
+        env.catalog,
+        TemplateStore(),
+        Renderer(RenderPool(PoolConfig())),  # not started: this job has no template
+        model,
+        fleet,
+        PromptConfig(default_model="promptmill-sim", true_up=true_up),  # type: ignore[arg-type]
+        PromptMetrics(Registry()),
+    )
+    job = PromptJob(
+        job_id="j1",
+        batch_id="b",
+        messages=[ChatMessage(role="user", content="Say hello to the true-up test, please.")],
+        params=ModelParams(max_tokens=100),
+        cache=False,
+    )
+    await processor.start()
+    try:
+        (outcome,) = await processor.handle(InRecord("jobs", 0, 0, b"j1", encode(job)))
+    finally:
+        await processor.stop()
+    completion = decode(outcome.value, Completion)
+    ((spec, _),) = [b for b in limits.buckets(env.prefix, "promptmill-sim", "default")]
+    state = await redis.hgetall(spec.key)
+    await redis.aclose()
+    charged = (float(state[b"tat"]) - float(state[b"last"])) / spec.interval_ms
+    usage = completion.usage
+    expected = usage.prompt_tokens + 100 if true_up == "prompt" else usage.total_tokens
+    assert usage.completion_tokens < 100  # so the two modes differ
+    assert charged == pytest.approx(expected, abs=0.01)

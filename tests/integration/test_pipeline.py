@@ -150,7 +150,7 @@ async def test_openai_batch_file_in_and_out_through_the_cli(env: Env, tmp_path: 
     assert "3 lines, 2 jobs submitted, 1 invalid" in submitted.stdout
     assert "openai-batch.jsonl:3: schema_error: field url" in submitted.stderr
     out = tmp_path / "out.jsonl"
-    env.cli("results", "oa", "--follow", "--format", "openai-batch", "-o", str(out))
+    env.cli("results", "oa", "--follow", "-o", str(out))  # the batch's input format by default
     lines = {x["custom_id"]: x for x in map(orjson.loads, out.read_bytes().splitlines())}
     assert set(lines) == {"request-1", "request-2", "request-3"}
     for ok in ("request-1", "request-2"):
@@ -160,3 +160,25 @@ async def test_openai_batch_file_in_and_out_through_the_cli(env: Env, tmp_path: 
         assert body["model"] == "gpt-3.5-turbo-0125"
     assert lines["request-3"]["response"] is None
     assert lines["request-3"]["error"]["code"] == "schema_error"
+
+
+async def test_run_of_an_openai_batch_file_writes_openai_batch_output(
+    env: Env, tmp_path: Path
+) -> None:
+    """``run`` defaults its output format to the input's; ``--fail-on-error`` exits 1 when a
+    job failed, while a batch that ran exits 0 by default (as OpenAI's does)."""
+    env.start_worker()
+    source = Path(__file__).parents[2] / "examples" / "openai-batch.jsonl"
+    out = tmp_path / "out.jsonl"
+    ran = await asyncio.to_thread(env.cli, "run", str(source), "-o", str(out))
+    assert ran.returncode == 0
+    lines = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert {line["custom_id"] for line in lines} == {"request-1", "request-2", "request-3"}
+    assert all("response" in line and "error" in line for line in lines)  # OpenAI's shape
+    strict = await asyncio.to_thread(
+        env.cli, "run", str(source), "-o", str(out), "--fail-on-error", check=False
+    )
+    assert strict.returncode == 1
+    assert strict.stderr.strip().splitlines()[-1] == (
+        "promptmill: 1 of 3 job(s) failed (--fail-on-error)"
+    )

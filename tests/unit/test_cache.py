@@ -19,42 +19,55 @@ MESSAGES = [
 
 
 def test_request_key_is_stable_under_dict_order() -> None:
-    one = request_key("m", MESSAGES, {"temperature": 0, "max_tokens": 5, "stop": ["a", "b"]})
-    two = request_key("m", list(MESSAGES), {"stop": ["a", "b"], "max_tokens": 5, "temperature": 0})
+    one = request_key("m", MESSAGES, {"temperature": 0, "max_tokens": 5, "stop": ["a", "b"]}, "t")
+    two = request_key(
+        "m", list(MESSAGES), {"stop": ["a", "b"], "max_tokens": 5, "temperature": 0}, "t"
+    )
     assert one == two
     assert len(one) == 64 and int(one, 16) >= 0
-    nested_a = request_key("m", MESSAGES, {"response_format": {"type": "json", "a": 1}})
-    nested_b = request_key("m", MESSAGES, {"response_format": {"a": 1, "type": "json"}})
+    nested_a = request_key("m", MESSAGES, {"response_format": {"type": "json", "a": 1}}, "t")
+    nested_b = request_key("m", MESSAGES, {"response_format": {"a": 1, "type": "json"}}, "t")
     assert nested_a == nested_b
 
 
 def test_request_key_differs_by_model_params_and_messages() -> None:
-    base = request_key("m", MESSAGES, {"temperature": 0})
+    base = request_key("m", MESSAGES, {"temperature": 0}, "t")
     others = {
-        request_key("m2", MESSAGES, {"temperature": 0}),
-        request_key("m", MESSAGES, {"temperature": 0.1}),
-        request_key("m", MESSAGES, {"temperature": 0, "seed": 1}),
-        request_key("m", MESSAGES, {}),
-        request_key("m", MESSAGES[1:], {"temperature": 0}),
-        request_key("m", MESSAGES[::-1], {"temperature": 0}),
+        request_key("m2", MESSAGES, {"temperature": 0}, "t"),
+        request_key("m", MESSAGES, {"temperature": 0.1}, "t"),
+        request_key("m", MESSAGES, {"temperature": 0, "seed": 1}, "t"),
+        request_key("m", MESSAGES, {}, "t"),
+        request_key("m", MESSAGES[1:], {"temperature": 0}, "t"),
+        request_key("m", MESSAGES[::-1], {"temperature": 0}, "t"),
         request_key(
             "m",
             [MESSAGES[0], ChatMessage(role="user", content="Summarize: hello!")],
             {"temperature": 0},
+            "t",
         ),
         request_key(
             "m",
             [MESSAGES[0], ChatMessage(role="assistant", content="Summarize: hello")],
             {"temperature": 0},
+            "t",
         ),
         request_key(
             "m",
             [MESSAGES[0], ChatMessage(role="user", content="Summarize: hello", name="x")],
             {"temperature": 0},
+            "t",
         ),
     }
     assert base not in others
     assert len(others) == 9
+
+
+def test_request_key_is_scoped_to_the_tenant_unless_shared() -> None:
+    acme = request_key("m", MESSAGES, {"temperature": 0}, "acme")
+    globex = request_key("m", MESSAGES, {"temperature": 0}, "globex")
+    shared = request_key("m", MESSAGES, {"temperature": 0}, None)
+    assert len({acme, globex, shared}) == 3
+    assert acme == request_key("m", MESSAGES, {"temperature": 0}, "acme")
 
 
 async def test_coalescer_runs_the_factory_once_for_concurrent_callers() -> None:

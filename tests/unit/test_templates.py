@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from jinja2 import meta
+from jinja2.sandbox import SandboxedEnvironment
 
-from processors.templates import Renderer, TemplateStore, UnknownTemplate
-from processors.templates.render import MissingVariable, RenderError
+from processors.templates.pool import PoolConfig, RenderPool
+from processors.templates.render import MissingVariable, Renderer, RenderError
 from producers.templates import TemplateFileError, load_template_dir, load_template_file
 from schemas import ChatMessage, ErrorCode, LabelRecord, Template, TemplateRef, encode
+from schemas.templates import TemplateBody
+from topics.templates import TemplateStore, UnknownTemplate
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -25,13 +30,12 @@ def _template(
     variables: list[str] | None = None,
 ) -> Template:
     messages = [ChatMessage(role="user", content=c) for c in contents or ("v{{ n }}",)]
-    return Template(
-        name=name,
-        version=version,
-        variables=variables or [],
-        messages=messages,
-        content_hash=f"hash-{version}",
-    )
+    return _hashed(name=name, version=version, variables=variables or [], messages=messages)
+
+
+def _hashed(**fields: Any) -> Template:
+    body = TemplateBody.model_validate({k: v for k, v in fields.items() if k != "version"})
+    return Template(**fields, content_hash=body.compute_hash())
 
 
 def _put(store: TemplateStore, record: Template | LabelRecord) -> None:
@@ -115,17 +119,32 @@ def test_tombstones_remove_versions_and_labels(store: TemplateStore) -> None:
 
 
 def test_bad_records_are_skipped(store: TemplateStore, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="processors.templates.store"):
+    with caplog.at_level(logging.WARNING, logger="topics.templates"):
         store.apply(b"version:summarize:4", b'{"kind": "template"}')
         store.apply(b"label:summarize:production", b'{"name": "summarize"}')
         store.apply(b"something:else", b"{}")
+        store.apply(b"\xff\xfe:summarize:1", b"{}")  # a key that is not UTF-8
+        store.apply(b"version:summarize:5", b"\x00\x9f not json")
+        moved = _template(6)
+        store.apply(b"version:summarize:7", encode(moved))  # key and value disagree
+        forged = _template(8).model_copy(update={"content_hash": "0" * 64})
+        store.apply(forged.key.encode(), encode(forged))  # the hash is not its content's
     assert store.resolve("summarize").version == 2
     assert [t.version for t in store.versions("summarize")] == [1, 2, 3]
-    assert sum("ignoring bad templates record" in r.message for r in caplog.records) == 2
+    assert sum("ignoring bad templates record" in r.message for r in caplog.records) == 7
+    assert store.skipped == 7
+    _put(store, _template(9))  # and the next good record still applies
+    assert store.resolve("summarize@9").version == 9
 
 
-def test_render_fills_variables_per_message() -> None:
-    template = Template(
+@pytest.fixture(scope="module")
+async def renderer() -> AsyncIterator[Renderer]:
+    async with Renderer(RenderPool(PoolConfig(processes=2, timeout=5))) as renderer:
+        yield renderer
+
+
+async def test_render_fills_variables_per_message(renderer: Renderer) -> None:
+    template = _hashed(
         name="t",
         version=1,
         variables=["text"],
@@ -135,28 +154,27 @@ def test_render_fills_variables_per_message() -> None:
                 role="user", content="Summarize{% if lang %} in {{ lang }}{% endif %}: {{ text }}"
             ),
         ],
-        content_hash="h",
     )
-    rendered = Renderer().render(template, {"text": "hello", "lang": "French"})
+    rendered = await renderer.render(template, {"text": "hello", "lang": "French"}, 100)
     assert rendered == [
         ChatMessage(role="system", content="Be brief.", name="rules"),
         ChatMessage(role="user", content="Summarize in French: hello"),
     ]
 
 
-def test_render_undefined_variable_is_missing_variable() -> None:
+async def test_render_undefined_variable_is_missing_variable(renderer: Renderer) -> None:
     template = _template(1, "{{ text }} and {{ topic }}", variables=["text"])
     with pytest.raises(MissingVariable) as exc:
-        Renderer().render(template, {"text": "x"})
+        await renderer.render(template, {"text": "x"}, 100)
     assert exc.value.code is ErrorCode.MISSING_VARIABLE
     assert "'topic' is undefined" in exc.value.message
     assert "summarize@1" in exc.value.message
 
 
-def test_render_declared_variables_are_required() -> None:
+async def test_render_declared_variables_are_required(renderer: Renderer) -> None:
     template = _template(4, "static", variables=["text", "lang", "tone"])
     with pytest.raises(MissingVariable) as exc:
-        Renderer().render(template, {"lang": "en"})
+        await renderer.render(template, {"lang": "en"}, 100)
     assert exc.value.message == "missing variable(s) text, tone for template summarize@4"
 
 
@@ -169,31 +187,24 @@ def test_render_declared_variables_are_required() -> None:
         "{{ text.format_map({}) if false else ''.__class__ }}",
     ],
 )
-def test_render_sandbox_blocks_unsafe_access(source: str) -> None:
+async def test_render_sandbox_blocks_unsafe_access(renderer: Renderer, source: str) -> None:
     with pytest.raises(RenderError) as exc:
-        Renderer().render(_template(1, source), {"text": "x"})
+        await renderer.render(_template(1, source), {"text": "x"}, 100)
     assert exc.value.code is ErrorCode.RENDER_ERROR
     assert "unsafe" in exc.value.message
 
 
-def test_render_runtime_error_is_render_error() -> None:
+async def test_render_runtime_error_is_render_error(renderer: Renderer) -> None:
     with pytest.raises(RenderError) as exc:
-        Renderer().render(_template(1, "{{ n / 0 }}"), {"n": 1})
+        await renderer.render(_template(1, "{{ n / 0 }}"), {"n": 1}, 100)
     assert exc.value.message == "template summarize@1: ZeroDivisionError: division by zero"
     with pytest.raises(RenderError, match="TypeError"):
-        Renderer().render(_template(2, "{{ n + 'a' }}"), {"n": 1})
+        await renderer.render(_template(2, "{{ n + 'a' }}"), {"n": 1}, 100)
 
 
-def test_render_syntax_error_is_render_error() -> None:
+async def test_render_syntax_error_is_render_error(renderer: Renderer) -> None:
     with pytest.raises(RenderError, match="template summarize@1: "):
-        Renderer().render(_template(1, "{{ n "), {"n": 1})
-
-
-def test_variables_used() -> None:
-    assert Renderer().variables_used("{{ a }} {% for x in items %}{{ x }}{% endfor %}") == {
-        "a",
-        "items",
-    }
+        await renderer.render(_template(1, "{{ n "), {"n": 1}, 100)
 
 
 # --- template files -------------------------------------------------------------------
@@ -337,7 +348,7 @@ def test_load_template_dir_errors(tmp_path: Path) -> None:
         load_template_dir(tmp_path)
 
 
-def test_example_templates_load_and_render() -> None:
+async def test_example_templates_load_and_render(renderer: Renderer) -> None:
     loaded = load_template_dir(EXAMPLES)
     names = sorted(f.body.name for f in loaded)
     assert names == ["classify", "haiku", "moderate", "summarize"]
@@ -347,14 +358,14 @@ def test_example_templates_load_and_render() -> None:
         "moderate": {"text": "A completion to judge."},
         "summarize": {"text": "Long text."},
     }
-    renderer = Renderer()
+    syntax = SandboxedEnvironment()
     for item in loaded:
         template = Template(
             **item.body.model_dump(), version=1, content_hash=item.body.compute_hash()
         )
-        messages = renderer.render(template, variables[item.body.name])
+        messages = await renderer.render(template, variables[item.body.name], 1000)
         assert messages[-1].role == "user"
         assert all("{{" not in m.content for m in messages)
         assert set(item.body.variables) <= set().union(
-            *(renderer.variables_used(m.content) for m in item.body.messages)
+            *(meta.find_undeclared_variables(syntax.parse(m.content)) for m in item.body.messages)
         )
