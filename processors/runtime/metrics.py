@@ -52,9 +52,16 @@ class _Metric:
 class Counter(_Metric):
     kind = "counter"
 
-    def __init__(self, name: str, help_: str, labels: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        name: str,
+        help_: str,
+        labels: Iterable[str] = (),
+        read: Callable[[], dict[LabelValues, float]] | None = None,
+    ) -> None:
         super().__init__(name, help_, labels)
         self._values: dict[LabelValues, float] = {}
+        self._read = read  # a count kept elsewhere, read at scrape time
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
         key = self.key(labels)
@@ -64,9 +71,10 @@ class Counter(_Metric):
         return self._values.get(self.key(labels), 0.0)
 
     def samples(self) -> list[str]:
+        values = self._read() if self._read is not None else self._values
         return [
             f"{self.name}{_labels(self.label_names, k)} {_number(v)}"
-            for k, v in sorted(self._values.items())
+            for k, v in sorted(values.items())
         ]
 
 
@@ -144,8 +152,14 @@ class Registry:
         self._metrics[metric.name] = metric
         return metric
 
-    def counter(self, name: str, help_: str, labels: Iterable[str] = ()) -> Counter:
-        metric = Counter(name, help_, labels)
+    def counter(
+        self,
+        name: str,
+        help_: str,
+        labels: Iterable[str] = (),
+        read: Callable[[], dict[LabelValues, float]] | None = None,
+    ) -> Counter:
+        metric = Counter(name, help_, labels, read)
         self._add(metric)
         return metric
 

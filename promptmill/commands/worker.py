@@ -61,7 +61,7 @@ async def worker(settings: Settings, args: argparse.Namespace) -> None:
         if args.processor == "moderation":
             classifier = None
             if settings.moderation_template:
-                registry = await _templates(settings, resources)
+                registry = await _templates(settings, resources, metrics)
                 classifier = Classifier(
                     registry.store,
                     await _renderer(settings, resources),
@@ -154,7 +154,7 @@ async def _prompts(
             recovery_seconds=settings.rate_limit_recovery_seconds,
         ),
     )
-    registry = await _templates(settings, resources)
+    registry = await _templates(settings, resources, metrics)
     return PromptProcessor(
         catalog,
         registry.store,
@@ -187,12 +187,18 @@ async def _renderer(settings: Settings, resources: AsyncExitStack) -> Renderer:
     return await resources.enter_async_context(Renderer(pool))
 
 
-async def _templates(settings: Settings, resources: AsyncExitStack) -> TemplateRegistry:
+async def _templates(
+    settings: Settings, resources: AsyncExitStack, metrics: Registry
+) -> TemplateRegistry:
     """The template registry, following the templates topic until exit."""
     topic = app.catalog(settings).name(TopicKind.TEMPLATES)
-    return await resources.enter_async_context(
-        TemplateRegistry(app.kafka_connection(settings), topic)
+    registry = TemplateRegistry(app.kafka_connection(settings), topic)
+    metrics.counter(
+        "promptmill_template_records_skipped_total",
+        "Records of the templates topic that were not valid templates or labels (skipped).",
+        read=lambda: {(): float(registry.store.skipped)},
     )
+    return await resources.enter_async_context(registry)
 
 
 def _redis(settings: Settings, resources: AsyncExitStack) -> Redis | None:

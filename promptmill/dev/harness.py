@@ -235,6 +235,33 @@ async def until(condition: Callable[[], bool], *workers: WorkerProcess, within: 
         await asyncio.sleep(0.02)
 
 
+async def wait_ready(base: str, within: float = 30) -> None:
+    """Wait until a worker's ``/readyz`` (at ``base``, ``http://host:port``) answers 200."""
+    deadline = time.monotonic() + within
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            try:
+                async with http.get(f"{base}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise AssertionError("the worker never became ready")
+
+
+async def scrape(base: str) -> dict[str, float]:
+    """A worker's ``/metrics`` as {series with labels: value}."""
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as response:
+        text = await response.text()
+    series = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            series[name] = float(value)
+    return series
+
+
 async def start_redis(
     tmp_path: Path, url: str, *, persistent: bool = False
 ) -> subprocess.Popen[bytes]:

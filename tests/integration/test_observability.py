@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 import pytest
 
-from promptmill.dev.harness import Env, write_jsonl
+from promptmill.dev.harness import Env, wait_ready, write_jsonl
 from promptmill.dev.processes import free_port
 from schemas import Completion, Failure
 
@@ -27,7 +27,7 @@ async def test_metrics_health_and_readiness(env: Env, tmp_path: Path) -> None:
         PROMPTMILL_METRICS_PORT=str(port), PROMPTMILL_MODEL_PRICES=orjson.dumps(PRICES).decode()
     )
     base = f"http://127.0.0.1:{port}"
-    await _wait_ready(base)
+    await wait_ready(base)
     rows: list[dict[str, object]] = [
         {"template": "greet", "variables": {"who": f"m{i % 5}"}} for i in range(20)
     ]
@@ -68,20 +68,6 @@ async def test_metrics_health_and_readiness(env: Env, tmp_path: Path) -> None:
     lags = {k: v for k, v in series.items() if k.startswith("promptmill_consumer_lag{")}
     assert lags and all(v == 0 for v in lags.values()), lags  # every job is done
     assert series['promptmill_commits_total{processor="prompts"}'] >= 1
-
-
-async def _wait_ready(base: str, within: float = 30) -> None:
-    deadline = time.monotonic() + within
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            try:
-                async with http.get(f"{base}/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise AssertionError("the worker never became ready")
 
 
 def _parse(text: str) -> dict[str, float]:

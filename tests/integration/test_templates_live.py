@@ -8,9 +8,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 
-from promptmill.dev.harness import Env, write_jsonl
+from promptmill.dev.harness import Env, scrape, wait_ready, write_jsonl
+from promptmill.dev.processes import free_port
 from schemas import Completion
+from topics import TopicKind
 
 TEMPLATES = Path(__file__).parent / "templates"
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -55,3 +58,35 @@ async def test_label_moves_take_effect_live_and_pinned_versions_are_kept(
     assert versions[-1] == 1, versions
     listed = env.cli("templates", "list").stdout
     assert "greet" in listed and "production=1" in listed
+
+
+async def test_undecodable_templates_records_are_skipped_and_counted(env: Env) -> None:
+    """One bad record on the templates topic (a key that is not UTF-8, a value that is not
+    JSON) neither stops a worker from starting nor drops the records after it; each is
+    counted on /metrics."""
+    topic = env.catalog.name(TopicKind.TEMPLATES)
+    producer = AIOKafkaProducer(bootstrap_servers=env.endpoints.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"\x00\x9f garbage", key=b"\xff\xfe\xfd")
+        await env.push_templates(TEMPLATES)  # after the bad record
+        port = free_port()
+        worker = env.start_worker(PROMPTMILL_METRICS_PORT=str(port))
+        base = f"http://127.0.0.1:{port}"
+        await wait_ready(base)
+        await producer.send_and_wait(
+            topic, b"{not json", key=b"version:greet:9"
+        )  # while it follows
+    finally:
+        await producer.stop()
+    await env.push_templates(TEMPLATES, label="staging")  # a label record after the bad one
+    job = orjson.dumps(
+        {"job_id": "s:1", "batch_id": "s", "template": "greet@staging", "variables": {"who": "x"}}
+    )
+    await asyncio.sleep(2)  # the worker follows the topic within about a second
+    await env.produce_jobs([("s:1", "s", job)])
+    records = await env.collect("s", count=1)
+    assert isinstance(records["s:1"], Completion), records  # the label after it was applied
+    skipped = (await scrape(base)).get("promptmill_template_records_skipped_total")
+    assert skipped == 2, worker.tail()
+    assert worker.tail(200).count("ignoring bad templates record") == 2
