@@ -20,13 +20,12 @@ from redis.asyncio import Redis
 
 from processors.retry import until_redis_answers
 from processors.runtime import InRecord, Outcome
-from processors.runtime.deadletters import dead_letter
+from processors.runtime.deadletters import About, DeadLetters
 from processors.runtime.ordered import PartitionOrder
 from schemas import (
     BatchDone,
     BatchManifest,
     Completion,
-    ErrorCode,
     Failure,
     Header,
     Stage,
@@ -75,7 +74,7 @@ class BatchTracker:
 
     def __init__(self, catalog: TopicCatalog, redis: Redis, prefix: str) -> None:
         self._batches = catalog.name(TopicKind.BATCHES)
-        self._failures = catalog.name(TopicKind.FAILURES)
+        self._dead = DeadLetters(catalog.name(TopicKind.FAILURES), Stage.BATCHES)
         self._redis = redis
         self._prefix = prefix
         self._track = redis.register_script(TRACK)
@@ -114,16 +113,9 @@ class BatchTracker:
         ]
 
     def dead_letter(self, record: InRecord, error: BaseException) -> Outcome:
-        failure = Failure(
-            job_id=f"{record.topic}:{record.partition}:{record.offset}",
-            code=ErrorCode.INTERNAL_ERROR,
-            stage=Stage.BATCHES,  # not attributed to the batch: it is no job of it
-            message=f"batch tracker ({record.header(Header.BATCH_ID)}): "
-            f"{type(error).__name__}: {error}",
-            payload=(record.value or b"").decode("utf-8", "replace"),
-            source=record.position,
-        )
-        return dead_letter(self._failures, failure)
+        # keyed by the record's position: it is no job of the batch, and never counts against it
+        about = About(job_id=f"{record.topic}:{record.partition}:{record.offset}")
+        return self._dead.of_error(record, error, about)
 
 
 def _parse(value: bytes | None) -> tuple[str, list[Any]] | None:

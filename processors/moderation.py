@@ -18,13 +18,11 @@ from pydantic import ValidationError
 from processors.classifier import Classifier
 from processors.model import ModelCallError, ModelClient
 from processors.runtime import InRecord, Outcome
-from processors.runtime.deadletters import dead_letter
+from processors.runtime.deadletters import About, DeadLetters
 from processors.runtime.metrics import Registry
 from schemas import (
     Completion,
     ErrorCode,
-    Failure,
-    Header,
     PromptmillError,
     Stage,
     Verdict,
@@ -50,7 +48,7 @@ class ModerationProcessor:
         self._verdicts = catalog.name(TopicKind.MODERATION)
         self._approved = catalog.name(TopicKind.APPROVED)
         self._flagged = catalog.name(TopicKind.FLAGGED)
-        self._failures = catalog.name(TopicKind.FAILURES)
+        self._dead = DeadLetters(catalog.name(TopicKind.FAILURES), Stage.MODERATION)
         self._model = model
         self._moderation_model = moderation_model
         self._classifier = classifier
@@ -114,8 +112,7 @@ class ModerationProcessor:
         )
 
     def dead_letter(self, record: InRecord, error: BaseException) -> Outcome:
-        message = f"internal error: {type(error).__name__}: {error}"
-        return self._failure(record, None, ErrorCode.INTERNAL_ERROR, message)
+        return self._dead.of_error(record, error, _about(_completion_of(record)))
 
     def _failure(
         self,
@@ -125,22 +122,26 @@ class ModerationProcessor:
         message: str,
         attempts: int = 0,
     ) -> Outcome:
-        job_id = (
-            completion.job_id
-            if completion
-            else (
-                record.header(Header.JOB_ID) or f"{record.topic}:{record.partition}:{record.offset}"
-            )
-        )
-        failure = Failure(
-            job_id=job_id,
-            batch_id=completion.batch_id if completion else record.header(Header.BATCH_ID),
-            tenant=completion.tenant if completion else record.header(Header.TENANT),
-            code=code,
-            message=f"moderation: {message}",
-            stage=Stage.MODERATION,
-            attempts=attempts,
-            payload=(record.value or b"").decode("utf-8", "replace"),
-            source=record.position,
-        )
-        return dead_letter(self._failures, failure)
+        about = _about(completion)
+        return self._dead.outcome(record, code, f"moderation: {message}", about, attempts=attempts)
+
+
+def _completion_of(record: InRecord) -> Completion | None:
+    try:
+        return Completion.model_validate_json(record.value or b"")
+    except ValidationError:
+        return None
+
+
+def _about(completion: Completion | None) -> About:
+    if completion is None:
+        return About()
+    return About(
+        job_id=completion.job_id,
+        batch_id=completion.batch_id,
+        tenant=completion.tenant,
+        custom_id=completion.custom_id,
+        template=completion.template,
+        template_version=completion.template_version,
+        model=completion.model,
+    )

@@ -8,6 +8,7 @@ failures topic; the worker runtime publishes it and commits in order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Sequence
@@ -24,16 +25,15 @@ from processors.model import ModelCallError, ModelClient, ModelReply
 from processors.pricing import Price, cost_usd
 from processors.prompt_metrics import PromptMetrics
 from processors.runtime import InRecord, Outcome
-from processors.runtime.deadletters import dead_letter, job_headers, job_id_of
+from processors.runtime.deadletters import About, DeadLetters, job_headers, job_id_of
 from processors.templates.render import Renderer
 from schemas import (
     ChatMessage,
     Completion,
     ErrorCode,
-    Failure,
-    Header,
     PromptJob,
     PromptmillError,
+    Stage,
     Usage,
     encode,
 )
@@ -58,6 +58,7 @@ def estimate_tokens(messages: list[ChatMessage]) -> int:
 class PromptConfig:
     default_model: str
     max_prompt_tokens: int = 8192
+    max_job_bytes: int = 1_000_000  # a larger job record is a payload_too_large dead letter
     cache_enabled: bool = True
     completion_estimate: int = 256  # tokens reserved when a job sets no max_tokens
     prices: dict[str, Price] = field(default_factory=dict)
@@ -83,7 +84,7 @@ class PromptProcessor:
         metrics: PromptMetrics,
     ) -> None:
         self._completions = catalog.name(TopicKind.COMPLETIONS)
-        self._failures = catalog.name(TopicKind.FAILURES)
+        self._dead = DeadLetters(catalog.name(TopicKind.FAILURES), Stage.PROMPT)
         self._templates = templates
         self._renderer = renderer
         self._model = model
@@ -103,13 +104,20 @@ class PromptProcessor:
         await self._model.stop()
 
     async def handle(self, record: InRecord) -> Sequence[Outcome]:
+        raw = record.value or b""
+        if len(raw) > self._config.max_job_bytes:
+            message = (
+                f"the job is {len(raw):,} bytes, over the limit of "
+                f"{self._config.max_job_bytes:,} (PROMPTMILL_MAX_JOB_BYTES)"
+            )
+            return [self._failure(record, None, ErrorCode.PAYLOAD_TOO_LARGE, message)]
         try:
-            job = PromptJob.model_validate_json(record.value or b"")
+            job = PromptJob.model_validate_json(raw)
         except ValidationError as exc:
             code, message = describe_validation_error(exc)
             return [self._failure(record, None, code, message)]
         try:
-            completion = await self._process(job, len(record.value or b""))
+            completion = await self._process(job, len(raw))
         except ModelCallError as exc:
             self._metrics.model_errors.inc(code=exc.code.value)
             return [self._failure(record, job, exc.code, exc.message, exc.attempts, exc.retriable)]
@@ -125,8 +133,12 @@ class PromptProcessor:
         ]
 
     def dead_letter(self, record: InRecord, error: BaseException) -> Outcome:
-        message = f"internal error: {type(error).__name__}: {error}"
-        return self._failure(record, None, ErrorCode.INTERNAL_ERROR, message)
+        job = None
+        if len(record.value or b"") <= self._config.max_job_bytes:
+            with contextlib.suppress(ValidationError):
+                job = PromptJob.model_validate_json(record.value or b"")
+        log.info("job %s failed: %.300s", job.job_id if job else job_id_of(record), error)
+        return self._dead.of_error(record, error, self._about(job))
 
     async def _process(self, job: PromptJob, size: int) -> Completion:
         ref = job.template_ref()
@@ -235,27 +247,26 @@ class PromptProcessor:
         attempts: int = 0,
         retriable: bool = False,
     ) -> Outcome:
-        raw = record.value or b""
         job_id = job.job_id if job else job_id_of(record)
-        batch_id = job.batch_id if job else record.header(Header.BATCH_ID)
-        failure = Failure(
-            job_id=job_id,
-            batch_id=batch_id,
-            tenant=job.tenant if job else record.header(Header.TENANT),
-            custom_id=job.custom_id if job else None,
-            code=code,
-            message=message,
-            retriable=retriable,
-            attempts=attempts,
-            template=job.template if job else None,
-            template_version=job.template_version if job else None,
-            model=self._model_of(job) if job else None,
-            payload=raw.decode("utf-8", "replace"),
-            source=record.position,
-            metadata=job.metadata if job else {},
+        log.info("job %s failed: %s: %.300s", job_id, code.value, message)
+        about = self._about(job)
+        return self._dead.outcome(
+            record, code, message, about, attempts=attempts, retriable=retriable
         )
-        log.info("job %s failed: %s: %s", job_id, code.value, message)
-        return dead_letter(self._failures, failure)
+
+    def _about(self, job: PromptJob | None) -> About:
+        if job is None:
+            return About()
+        return About(
+            job_id=job.job_id,
+            batch_id=job.batch_id,
+            tenant=job.tenant,
+            custom_id=job.custom_id,
+            template=job.template,
+            template_version=job.template_version,
+            model=self._model_of(job),
+            metadata=job.metadata,
+        )
 
     def _model_of(self, job: PromptJob) -> str:
         """The model a job is (or would have been) sent to, for its failure record."""

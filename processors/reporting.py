@@ -34,10 +34,10 @@ from redis.exceptions import RedisError
 
 from processors.retry import until_redis_answers
 from processors.runtime import InRecord, Outcome
-from processors.runtime.deadletters import dead_letter
+from processors.runtime.deadletters import About, DeadLetters
 from processors.runtime.metrics import Registry
 from processors.runtime.ordered import PartitionOrder
-from schemas import Completion, ErrorCode, Failure, Header, Stage, WindowReport, encode
+from schemas import Completion, Failure, Stage, WindowReport, encode
 from schemas.reports import (
     LATENCY_BOUNDS_MS,
     NONE,
@@ -122,7 +122,7 @@ class ReportingProcessor:
     ) -> None:
         self._conn = conn
         self._reports = catalog.name(TopicKind.REPORTS)
-        self._failures = catalog.name(TopicKind.FAILURES)
+        self._dead = DeadLetters(catalog.name(TopicKind.FAILURES), Stage.REPORTING)
         self._redis = redis
         self._prefix = f"{prefix}:report"
         self._config = config
@@ -193,16 +193,8 @@ class ReportingProcessor:
         return []
 
     def dead_letter(self, record: InRecord, error: BaseException) -> Outcome:
-        failure = Failure(
-            job_id=f"{record.topic}:{record.partition}:{record.offset}",
-            batch_id=record.header(Header.BATCH_ID),
-            code=ErrorCode.INTERNAL_ERROR,
-            message=f"reporting: {type(error).__name__}: {error}",
-            stage=Stage.REPORTING,
-            payload=(record.value or b"").decode("utf-8", "replace"),
-            source=record.position,
-        )
-        return dead_letter(self._failures, failure)
+        about = About(job_id=f"{record.topic}:{record.partition}:{record.offset}")
+        return self._dead.of_error(record, error, about)
 
     async def flush(self) -> int:
         """Publish every dirty window once (if no other worker is flushing); how many."""

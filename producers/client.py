@@ -23,12 +23,24 @@ from aiokafka import AIOKafkaProducer
 
 from producers.reader import InputFormat, LineError, detect_format, read_jobs
 from producers.results import BatchReport, ResultFollower
-from schemas import BatchManifest, Completion, Failure, Header, PromptJob, SourcePosition, encode
+from schemas import (
+    BatchManifest,
+    Completion,
+    ErrorCode,
+    Failure,
+    Header,
+    PromptJob,
+    SourcePosition,
+    encode,
+)
 from topics import KafkaConnection, TopicCatalog, TopicKind
+from topics.limits import RECORD_OVERHEAD, TopicLimits
 from topics.templates import TemplateRegistry, TemplateStore, UnknownTemplate
 
 __all__ = ["BatchReport", "Client", "SubmitReport"]
 PENDING_LIMIT = 5000
+MAX_REQUEST_SIZE = 64 * 1024 * 1024  # the client-side cap; the jobs topic's limit applies
+HEADROOM = 1024  # for the key and headers of a job record
 Progress = Callable[[int], None]
 
 
@@ -45,9 +57,13 @@ def new_batch_id() -> str:
 class Client:
     """A producer-side session against one cluster and topic catalog."""
 
-    def __init__(self, conn: KafkaConnection, catalog: TopicCatalog) -> None:
+    def __init__(
+        self, conn: KafkaConnection, catalog: TopicCatalog, *, max_job_bytes: int = 1_000_000
+    ) -> None:
         self._conn = conn
         self._catalog = catalog
+        self._max_job_bytes = max_job_bytes
+        self._job_limit: int | None = None
         self._producer: Any = None
 
     async def __aenter__(self) -> Client:
@@ -60,7 +76,11 @@ class Client:
     async def start(self) -> None:
         if self._producer is None:
             self._producer = AIOKafkaProducer(
-                **self._conn.client_options(), acks="all", enable_idempotence=True, linger_ms=10
+                **self._conn.client_options(),
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=10,
+                max_request_size=MAX_REQUEST_SIZE,  # the jobs topic's own limit is checked
             )
             await self._producer.start()
 
@@ -83,7 +103,14 @@ class Client:
         batch_id = batch_id or new_batch_id()
         if fmt is InputFormat.AUTO:
             fmt = detect_format(path)
-        items = read_jobs(path, batch_id=batch_id, tenant=tenant, fmt=fmt, template=template)
+        items = read_jobs(
+            path,
+            batch_id=batch_id,
+            tenant=tenant,
+            fmt=fmt,
+            template=template,
+            max_line_bytes=await self.job_limit(),
+        )
         return await self.submit_items(
             items,
             batch_id=batch_id,
@@ -127,17 +154,27 @@ class Client:
         )
         pending: list[Any] = []
         manifest = report.manifest
+        limit = await self.job_limit()
         for item in items:
+            value = b""
+            if isinstance(item, PromptJob):
+                _pin_template(item, store, manifest.templates)
+                value = encode(item)
+            if isinstance(item, PromptJob) and len(value) > limit:
+                item = LineError.of(
+                    item.source_line or 0,
+                    ErrorCode.PAYLOAD_TOO_LARGE,
+                    f"the job is {len(value):,} bytes, over the job size limit of {limit:,}",
+                    value,
+                    item.custom_id,
+                )
             if isinstance(item, LineError):
                 manifest.invalid += 1
                 report.errors.append(item)
                 pending.append(await self._send_line_error(item, batch_id, tenant, source))
             else:
-                _pin_template(item, store, manifest.templates)
                 pending.append(
-                    await self._send(
-                        TopicKind.JOBS, item.job_id, encode(item), batch_id, item.tenant
-                    )
+                    await self._send(TopicKind.JOBS, item.job_id, value, batch_id, item.tenant)
                 )
                 manifest.submitted += 1
             manifest.total += 1
@@ -151,6 +188,15 @@ class Client:
             [await self._send(TopicKind.BATCHES, batch_id, encode(manifest), batch_id, tenant)]
         )
         return report
+
+    async def job_limit(self) -> int:
+        """The largest job record this client publishes: ``max_job_bytes``, or less if the
+        jobs topic's ``max.message.bytes`` is lower (read from the broker once)."""
+        if self._job_limit is None:
+            async with TopicLimits(self._conn) as limits:
+                topic = await limits.limit(self._catalog.name(TopicKind.JOBS))
+            self._job_limit = min(self._max_job_bytes, topic - RECORD_OVERHEAD - HEADROOM)
+        return self._job_limit
 
     def follow(self, batch_id: str) -> ResultFollower:
         """A follower for the batch's terminal records (see :class:`ResultFollower`)."""
@@ -187,6 +233,8 @@ class Client:
             code=error.code,
             message=f"line {error.line}: {error.message}",
             payload=error.raw,
+            payload_bytes=error.size,
+            payload_sha256=error.sha256 or None,
             source=SourcePosition(file=source, line=error.line),
         )
         return await self._send(TopicKind.FAILURES, job_id, encode(failure), batch_id, tenant)

@@ -8,18 +8,21 @@ Two formats, told apart per file (``auto`` looks at the first JSON line):
   and a line without ``variables`` is itself the variables.
 * the OpenAI Batch API input format, unchanged: ``{"custom_id", "method", "url", "body"}``.
 
-The file is streamed, never loaded whole. A line that does not validate becomes a
-:class:`LineError` (line number, stable code, one-line reason) instead of a job.
+The file is streamed, never loaded whole, and no line is held whole that is longer than
+the job size limit: such a line is read past (its size and sha256 computed on the way) and
+becomes a ``payload_too_large`` :class:`LineError`. A line that does not validate becomes a
+:class:`LineError` too (line number, stable code, one-line reason) instead of a job.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -37,6 +40,11 @@ class InputFormat(StrEnum):
     OPENAI_BATCH = "openai-batch"
 
 
+DEFAULT_MAX_LINE_BYTES = 1_000_000
+RAW_PREFIX_BYTES = 4096  # of a bad line kept in its error (and failure record)
+CUSTOM_ID_CHARS = 512
+
+
 @dataclass(frozen=True)
 class LineError:
     """An input line that could not become a job."""
@@ -44,8 +52,55 @@ class LineError:
     line: int
     code: ErrorCode
     message: str
-    raw: str
+    raw: str  # the line, or its first RAW_PREFIX_BYTES
     custom_id: str | None = None  # when the line names one, so the failure can echo it
+    size: int = 0  # of the whole line, in bytes
+    sha256: str = ""  # of the whole line
+
+    @classmethod
+    def of(
+        cls,
+        line: int,
+        code: ErrorCode,
+        message: str,
+        raw: bytes,
+        custom_id: str | None = None,
+    ) -> LineError:
+        return cls(
+            line,
+            code,
+            message,
+            raw[:RAW_PREFIX_BYTES].decode("utf-8", "replace"),
+            custom_id,
+            len(raw),
+            hashlib.sha256(raw).hexdigest(),
+        )
+
+
+@dataclass(frozen=True)
+class _Oversize:
+    """A line longer than the limit: read past, not held."""
+
+    prefix: bytes
+    size: int
+    sha256: str
+
+
+def _bounded_lines(stream: BinaryIO, limit: int) -> Iterator[tuple[int, bytes | _Oversize]]:
+    """(line number, line without its newline) -- or :class:`_Oversize` for a line whose
+    content is over ``limit`` bytes, which is read past in chunks and never held whole."""
+    number = 0
+    while chunk := stream.readline(limit + 2):
+        number += 1
+        line = chunk.rstrip(b"\r\n")
+        if len(line) <= limit:
+            yield number, line
+            continue
+        digest, size, prefix = hashlib.sha256(chunk), len(chunk), chunk[:RAW_PREFIX_BYTES]
+        while not chunk.endswith(b"\n") and (chunk := stream.readline(1 << 20)):
+            digest.update(chunk)
+            size += len(chunk)
+        yield number, _Oversize(prefix, size, digest.hexdigest())
 
 
 class _JobLine(BaseModel):
@@ -74,8 +129,10 @@ class _BatchLine(BaseModel):
 def detect_format(path: Path) -> InputFormat:
     """The format of ``path`` as ``auto`` reads it: OpenAI Batch if its first JSON object
     has a ``body``, else promptmill."""
-    with path.open("rb") as lines:
-        for raw in lines:
+    with path.open("rb") as stream:
+        for _, raw in _bounded_lines(stream, DEFAULT_MAX_LINE_BYTES):
+            if isinstance(raw, _Oversize):
+                continue
             try:
                 data = orjson.loads(raw) if raw.strip() else None
             except orjson.JSONDecodeError:
@@ -92,22 +149,31 @@ def read_jobs(
     tenant: str,
     fmt: InputFormat = InputFormat.AUTO,
     template: str | None = None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> Iterator[PromptJob | LineError]:
     """Yield a job or a :class:`LineError` for every non-blank line of ``path``."""
     now = datetime.now(UTC)
-    with path.open("rb") as lines:
-        for number, raw in enumerate(lines, start=1):
+    with path.open("rb") as stream:
+        for number, raw in _bounded_lines(stream, max_line_bytes):
+            if isinstance(raw, _Oversize):
+                message = (
+                    f"line is {raw.size:,} bytes, over the job size limit of {max_line_bytes:,}"
+                )
+                text = raw.prefix.decode("utf-8", "replace")
+                yield LineError(
+                    number, ErrorCode.PAYLOAD_TOO_LARGE, message, text, None, raw.size, raw.sha256
+                )
+                continue
             if not raw.strip():
                 continue
-            text = raw.decode("utf-8", "replace").rstrip("\r\n")
             try:
-                data = orjson.loads(raw.rstrip(b"\r\n"))
+                data = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
-                yield LineError(number, ErrorCode.INVALID_JSON, f"invalid JSON: {exc}", text)
+                yield LineError.of(number, ErrorCode.INVALID_JSON, f"invalid JSON: {exc}", raw)
                 continue
             if not isinstance(data, dict):
-                yield LineError(
-                    number, ErrorCode.SCHEMA_ERROR, "a line must be a JSON object", text
+                yield LineError.of(
+                    number, ErrorCode.SCHEMA_ERROR, "a line must be a JSON object", raw
                 )
                 continue
             if fmt is InputFormat.AUTO:
@@ -128,16 +194,17 @@ def read_jobs(
                 )
             except ValidationError as exc:
                 code, message = describe_validation_error(exc)
-                yield LineError(number, code, message, text, _custom_id(data))
+                yield LineError.of(number, code, message, raw, _custom_id(data))
             except ValueError as exc:
-                yield LineError(number, ErrorCode.SCHEMA_ERROR, str(exc), text, _custom_id(data))
+                message = str(exc)[:1000]
+                yield LineError.of(number, ErrorCode.SCHEMA_ERROR, message, raw, _custom_id(data))
             else:
                 yield job
 
 
 def _custom_id(data: dict[str, Any]) -> str | None:
     value = data.get("custom_id", data.get("id"))
-    return value if isinstance(value, str) else None
+    return value if isinstance(value, str) and len(value) <= CUSTOM_ID_CHARS else None
 
 
 def _job_fields(data: dict[str, Any], template: str | None) -> dict[str, Any]:

@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     model_backoff_base_seconds: float = Field(default=0.5, gt=0)
     model_backoff_max_seconds: float = Field(default=30.0, gt=0)
     max_prompt_tokens: int = Field(default=8192, ge=1)
+    max_job_bytes: int = Field(default=1_000_000, ge=1024)
     render_timeout_seconds: float = Field(default=2.0, gt=0, le=300)
     render_processes: int = Field(default=2, ge=1, le=64)
     render_memory_mb: int = Field(default=256, ge=64, le=65536)

@@ -24,6 +24,8 @@ class ErrorCode(StrEnum):
     MODEL_TIMEOUT = "model_timeout"
     RATE_LIMIT_EXHAUSTED = "rate_limit_exhausted"
     CONTENT_FILTER = "content_filter"
+    PAYLOAD_TOO_LARGE = "payload_too_large"  # the job record itself is over the job size limit
+    OUTPUT_TOO_LARGE = "output_too_large"  # its result would not fit the topic it goes to
     INTERNAL_ERROR = "internal_error"
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 DEFAULT_LABEL = "production"
+INT32_MAX = 2**31 - 1
 
 
 class ChatMessage(BaseModel):
@@ -36,10 +37,10 @@ class ModelParams(BaseModel):
 
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     response_format: dict[str, Any] | None = None
@@ -91,16 +92,16 @@ class PromptJob(BaseModel):
     batch_id: str = Field(min_length=1, max_length=128)
     tenant: str = Field(default="default", min_length=1, max_length=128)
     custom_id: str | None = Field(default=None, max_length=512)
-    template: str | None = None
-    template_version: int | None = Field(default=None, ge=1)
+    template: str | None = Field(default=None, max_length=300)
+    template_version: int | None = Field(default=None, ge=1, le=INT32_MAX)
     variables: dict[str, Any] = Field(default_factory=dict)
     messages: list[ChatMessage] | None = None
-    model: str | None = None
+    model: str | None = Field(default=None, min_length=1, max_length=256)
     params: ModelParams = Field(default_factory=ModelParams)
     cache: bool | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     submitted_at: datetime | None = None
-    source_line: int | None = None
+    source_line: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _template_xor_messages(self) -> Self:

@@ -94,7 +94,9 @@ class Failure(BaseModel):
     template_version: int | None = None
     model: str | None = None
     stage: Stage = Stage.PROMPT
-    payload: str = ""
+    payload: str = ""  # the input record, or a prefix of it: see payload_bytes
+    payload_bytes: int | None = None  # the whole input's size
+    payload_sha256: str | None = None  # and its sha256, to find and compare the original
     source: SourcePosition | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     failed_at: datetime = Field(default_factory=utcnow)

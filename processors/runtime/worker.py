@@ -5,8 +5,14 @@ to its :class:`Processor` with at most ``concurrency`` records in flight, publis
 processor's outcome records with an idempotent producer, and commits each partition only
 up to the first record whose outcome the broker has not acknowledged yet (see
 :mod:`processors.runtime.offsets`). A processor error never kills the worker: it becomes
-a dead-letter outcome. On stop it drains: no more fetching, in-flight records get a grace
-period, the final offsets are committed and the group is left.
+a dead-letter outcome, and every outcome is fitted to its topic's size limit first
+(:mod:`processors.runtime.fit`). On stop it drains: no more fetching, in-flight records get
+a grace period, the final offsets are committed and the group is left.
+
+The consume loop never waits on the processor. When ``concurrency`` records are in flight
+(all parked behind a rate limit, say) it pauses its partitions and keeps polling: the
+group membership stays alive, offsets keep being committed as records finish, and a stop
+request is seen within one poll, so a drain always starts at once.
 """
 
 from __future__ import annotations
@@ -20,15 +26,18 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
+from processors.runtime.fit import OutcomeTooLarge, shrink, size_of
 from processors.runtime.metrics import Registry
 from processors.runtime.observe import RuntimeMetrics
 from processors.runtime.offsets import OffsetTracker
 from processors.runtime.records import InRecord, Outcome
 from topics import KafkaConnection
+from topics.limits import TopicLimits
 
 log = logging.getLogger(__name__)
+MAX_REQUEST_SIZE = 64 * 1024 * 1024  # the client-side cap; each topic's own limit is fitted to
 
 
 class Processor(Protocol):
@@ -95,13 +104,21 @@ class Worker:
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self._committed: dict[TopicPartition, int] = {}
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
-        self._slots = asyncio.Semaphore(config.concurrency)
+        self._paused = False
         self._stopping = asyncio.Event()
         self._consumer: Any = None
         self._producer: Any = None
+        self._limits = TopicLimits(conn)
+        self._assigned = False  # the group gave this member its partitions (maybe none)
+        self.failed = False  # stopped because a record could not be published
         self.stats = WorkerStats()
         self.metrics = RuntimeMetrics(registry, processor.name, lambda: len(self._tasks), self._lag)
-        self.ready = False
+
+    @property
+    def ready(self) -> bool:
+        """Consuming: the group has assigned this member (no rebalance under way) and no
+        stop was requested."""
+        return self._assigned and not self._stopping.is_set()
 
     def request_stop(self) -> None:
         """Stop fetching and drain (safe to call from a signal handler, and twice)."""
@@ -118,6 +135,7 @@ class Worker:
             enable_idempotence=True,
             linger_ms=1,
             client_id=self._config.client_id,
+            max_request_size=MAX_REQUEST_SIZE,  # topics' own limits apply (fit)
         )
         self._consumer = AIOKafkaConsumer(
             **opts,
@@ -131,6 +149,7 @@ class Worker:
         )
         await self._processor.start()
         await self._producer.start()
+        await self._limits.start()
         try:
             await self._consumer.start()
             self._consumer.subscribe(self._config.topics, listener=_Rebalance(self))
@@ -140,6 +159,7 @@ class Worker:
         finally:
             with contextlib.suppress(Exception):
                 await self._consumer.stop()
+            await self._limits.stop()
             await self._producer.stop()
             await self._processor.stop()
             log.info("worker stopped: %s", self.stats)
@@ -147,19 +167,15 @@ class Worker:
     async def _consume(self) -> None:
         last_commit = time.monotonic()
         while not self._stopping.is_set():
-            batches = await self._consumer.getmany(
-                timeout_ms=100, max_records=self._config.concurrency
-            )
-            epochs = {tp: self._tracker.epoch(tp) for tp in batches}
+            room = self._config.concurrency - len(self._tasks)
+            self._pause(room <= 0)
+            batches = await self._consumer.getmany(timeout_ms=100, max_records=max(1, room))
             for tp, records in batches.items():
+                epoch = self._tracker.epoch(tp)
                 for raw in records:
-                    await self._slots.acquire()
-                    epoch = self._tracker.epoch(tp)
-                    if self._stopping.is_set() or epoch is None or epoch != epochs[tp]:
-                        self._slots.release()  # revoked or reassigned: it will be refetched
-                        break
+                    if self._stopping.is_set() or epoch is None:
+                        break  # not started: uncommitted, so fetched again by the next owner
                     if self._tracker.started(tp, raw.offset) is None:
-                        self._slots.release()
                         continue
                     task = asyncio.create_task(self._run_one(tp, InRecord.of(raw), epoch))
                     self._tasks[task] = tp
@@ -168,25 +184,61 @@ class Worker:
                 await self._commit()
                 last_commit = time.monotonic()
 
+    def _pause(self, full: bool) -> None:
+        """Stop fetching while every slot is taken, and fetch again once one is free."""
+        if full == self._paused:
+            return
+        assignment = list(self._consumer.assignment())
+        if full:
+            self._consumer.pause(*assignment)
+        else:
+            self._consumer.resume(*assignment)
+        self._paused = full
+
     async def _run_one(self, tp: TopicPartition, record: InRecord, epoch: int) -> None:
         started = time.monotonic()
         try:
-            try:
-                outcomes = await self._processor.handle(record)
-            except Exception as exc:  # a processor bug must not kill the worker
-                log.exception("processor %s failed on %s", self._processor.name, record.position)
-                outcomes = [self._processor.dead_letter(record, exc)]
+            outcomes = await self._processor.handle(record)
+        except Exception as exc:  # a processor bug must not kill the worker
+            log.exception("processor %s failed on %s", self._processor.name, record.position)
+            outcomes = [self._processor.dead_letter(record, exc)]
+        try:
             await self._publish(record, outcomes)
-            self._tracker.finished(tp, record.offset, epoch)
-            self.stats.processed += 1
-            self.stats.dead_letters += sum(o.dead_letter for o in outcomes)
-            self.metrics.finished(time.monotonic() - started, [o.code for o in outcomes])
-        finally:
-            self._slots.release()
+        except Exception:
+            # A bug on the publishing path: this record can never finish here, and its
+            # partition would stop committing behind it. Stop (exit 1) rather than stall:
+            # the record is redelivered to whoever owns the partition next.
+            log.exception("cannot publish the outcome of %s; stopping", record.position)
+            self.failed = True
+            self.request_stop()
+            return
+        self._tracker.finished(tp, record.offset, epoch)
+        self.stats.processed += 1
+        self.stats.dead_letters += sum(o.dead_letter for o in outcomes)
+        self.metrics.finished(time.monotonic() - started, [o.code for o in outcomes])
+
+    async def _fit(self, record: InRecord, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        """The outcomes, each fitted to its topic's ``max.message.bytes`` (see ``fit``)."""
+        for outcome in outcomes:
+            limit = await self._limits.limit(outcome.topic)
+            if not outcome.dead_letter and size_of(outcome) > limit:
+                error = OutcomeTooLarge(
+                    f"the result is {size_of(outcome):,} bytes, over the "
+                    f"max.message.bytes of {outcome.topic} ({limit:,})"
+                )
+                outcomes = [self._processor.dead_letter(record, error)]
+                break
+        fitted = []
+        for outcome in outcomes:
+            if outcome.dead_letter and size_of(outcome) > await self._limits.limit(outcome.topic):
+                outcome = shrink(outcome)
+            fitted.append(outcome)
+        return fitted
 
     async def _publish(self, record: InRecord, outcomes: Sequence[Outcome]) -> None:
         """Publish until the broker acknowledges every outcome (or the worker stops)."""
         delay = 0.1
+        outcomes = await self._fit(record, outcomes)
         while True:
             try:
                 futures = [
@@ -195,6 +247,14 @@ class Worker:
                 ]
                 await asyncio.gather(*futures)
                 return
+            except MessageSizeTooLargeError as exc:  # the limit was lowered since it was read
+                log.warning(
+                    "%s: an outcome is over its topic's limit (%s); refitting", record.position, exc
+                )
+                for outcome in outcomes:
+                    self._limits.forget(outcome.topic)
+                outcomes = await self._fit(record, outcomes)
+                continue
             except KafkaError as exc:
                 if (
                     not getattr(exc, "retriable", False)
@@ -202,7 +262,7 @@ class Worker:
                     and not any(o.dead_letter for o in outcomes)
                 ):
                     log.error("cannot publish outcome of %s: %s", record.position, exc)
-                    outcomes = [self._processor.dead_letter(record, exc)]
+                    outcomes = await self._fit(record, [self._processor.dead_letter(record, exc)])
                     continue
                 if self._stopping.is_set():
                     raise
@@ -244,6 +304,7 @@ class Worker:
             )
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._assigned = False
         # The broker drops a member that stays in this callback past its session timeout,
         # and the group then rebalances again and again: wait at most half of it, then give
         # the unfinished records up (uncommitted, the next owner processes them).
@@ -278,7 +339,9 @@ class Worker:
         return lags
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.ready = True
+        self._assigned = True
+        if self._paused:  # newly assigned partitions start paused like the rest
+            self._consumer.pause(*assigned)
         for tp in assigned:
             self._tracker.assign(tp)
         log.info("partitions assigned: %s", sorted(str(tp) for tp in assigned))

@@ -21,6 +21,14 @@ from schemas import BatchManifest
 MAX_ERRORS_SHOWN = 20
 
 
+def _client(settings: Settings) -> Client:
+    return Client(
+        app.kafka_connection(settings),
+        app.catalog(settings),
+        max_job_bytes=settings.max_job_bytes,
+    )
+
+
 def add_submit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, help="JSONL input (promptmill or OpenAI Batch format)")
     parser.add_argument("--batch-id", help="batch id (default: generated)")
@@ -55,7 +63,7 @@ async def submit(settings: Settings, args: argparse.Namespace) -> SubmitReport:
     if not args.file.is_file():
         raise SystemExit(f"promptmill: {args.file}: no such file")
     progress = ProgressLine("submitting")
-    async with Client(app.kafka_connection(settings), app.catalog(settings)) as client:
+    async with _client(settings) as client:
         report = await client.submit(
             args.file,
             batch_id=args.batch_id or new_batch_id(),
@@ -88,7 +96,7 @@ async def results(
     if manifest is None and args.output_format is None:
         manifest = await find_manifest(conn, catalog, batch_id)
     fmt = OutputFormat(args.output_format or (manifest.input_format if manifest else "promptmill"))
-    async with Client(conn, catalog) as client:
+    async with _client(settings) as client:
         follower = client.follow(batch_id)
         progress = ProgressLine(f"batch {batch_id}", manifest.total if manifest else None)
         with ExitStack() as stack:
@@ -156,7 +164,7 @@ async def status(settings: Settings, args: argparse.Namespace) -> None:
     manifest, done = await scan_batch(conn, catalog, args.batch)
     if manifest is None and not args.watch:
         raise SystemExit(f"promptmill: no batch {args.batch!r} (no manifest on the batches topic)")
-    async with Client(conn, catalog) as client:
+    async with _client(settings) as client:
         follower = client.follow(args.batch)
         progress = ProgressLine(f"batch {args.batch}", manifest.total if manifest else None)
         async for _ in follower.records(follow=args.watch, manifest=manifest):

@@ -130,6 +130,8 @@ async def worker(settings: Settings, args: argparse.Namespace) -> None:
                 processor.redis_round_trips,
                 runtime.stats.processed,
             )
+    if runtime.failed:
+        raise SystemExit("promptmill: the worker stopped on an error it cannot pass (see above)")
 
 
 async def _prompts(
@@ -164,6 +166,7 @@ async def _prompts(
         PromptConfig(
             default_model=default_model,
             max_prompt_tokens=settings.max_prompt_tokens,
+            max_job_bytes=settings.max_job_bytes,
             cache_enabled=settings.cache_enabled,
             completion_estimate=settings.completion_tokens_estimate,
             true_up=settings.rate_limit_true_up,

@@ -154,7 +154,9 @@ class Env:
 
     async def produce_jobs(self, jobs: Iterable[tuple[str, str, bytes]]) -> None:
         """Produce raw (job id, batch id, value) records to the jobs topic, as any client could."""
-        producer = AIOKafkaProducer(bootstrap_servers=self.endpoints.bootstrap, acks="all")
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.endpoints.bootstrap, acks="all", max_request_size=64 << 20
+        )
         await producer.start()
         try:
             for job_id, batch_id, value in jobs:

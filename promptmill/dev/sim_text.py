@@ -14,6 +14,7 @@ prompt text:
 - ``[[sim:flag]]`` (moderations only): flag the input.
 - ``[[sim:reply=TEXT]]``: answer exactly TEXT (up to the closing brackets), e.g. a
   classifier's verdict.
+- ``[[sim:reply_chars=N]]``: answer N characters (a result too large for its topic).
 
 The response bodies follow the OpenAI wire format closely enough for the
 official ``openai`` SDK to parse them.
@@ -64,6 +65,7 @@ FLAG_MARKER = "[[sim:flag]]"
 _ERROR_RE = re.compile(r"\[\[sim:error=(\d{3})\]\]")
 _SLEEP_RE = re.compile(r"\[\[sim:sleep=(\d+(?:\.\d+)?)\]\]")
 _REPLY_RE = re.compile(r"\[\[sim:reply=(.*?)\]\]", re.DOTALL)
+_REPLY_CHARS_RE = re.compile(r"\[\[sim:reply_chars=(\d{1,9})\]\]")
 _WORD_RE = re.compile(r"[a-z]+")
 
 
@@ -93,7 +95,9 @@ def parse_markers(text: str) -> Markers:
         content_filter="[[sim:content_filter]]" in text,
         malformed="[[sim:malformed]]" in text,
         sleep_ms=sum(float(ms) for ms in _SLEEP_RE.findall(text)),
-        reply=reply.group(1) if (reply := _REPLY_RE.search(text)) else None,
+        reply=reply.group(1)
+        if (reply := _REPLY_RE.search(text))
+        else ("x" * int(chars.group(1)) if (chars := _REPLY_CHARS_RE.search(text)) else None),
     )
 
 

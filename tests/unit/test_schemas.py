@@ -314,6 +314,8 @@ def test_error_codes_are_the_closed_set() -> None:
         "model_timeout",
         "rate_limit_exhausted",
         "content_filter",
+        "payload_too_large",
+        "output_too_large",
         "internal_error",
     }
     assert ErrorCode("model_timeout") is ErrorCode.MODEL_TIMEOUT
