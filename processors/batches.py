@@ -16,7 +16,6 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from redis.asyncio import Redis
 
 from processors.retry import until_redis_answers
 from processors.runtime import InRecord, Outcome
@@ -33,6 +32,8 @@ from schemas import (
 )
 from schemas.results import terminal_record
 from topics import TopicCatalog, TopicKind
+from topics.batch_index import BatchIndex
+from topics.redis import LuaScript, RedisClient, tagged
 
 TTL_SECONDS = 7 * 24 * 3600
 
@@ -72,12 +73,14 @@ class BatchTracker:
 
     name = "batches"
 
-    def __init__(self, catalog: TopicCatalog, redis: Redis, prefix: str) -> None:
+    def __init__(
+        self, catalog: TopicCatalog, redis: RedisClient, prefix: str, index: BatchIndex
+    ) -> None:
         self._batches = catalog.name(TopicKind.BATCHES)
         self._dead = DeadLetters(catalog.name(TopicKind.FAILURES), Stage.BATCHES)
-        self._redis = redis
         self._prefix = prefix
-        self._track = redis.register_script(TRACK)
+        self._track = LuaScript(redis, TRACK)
+        self._index = index
         self._order = PartitionOrder()
 
     async def start(self) -> None:
@@ -90,25 +93,31 @@ class BatchTracker:
         parsed = _parse(record.value)
         if parsed is None:
             return []  # not a record this tracker counts (a done event, a foreign record)
-        batch_id, args = parsed
+        batch_id, run, args, manifest = parsed
         if not batch_id:
             return []
         position = f"{record.topic}:{record.partition}:{record.offset}"
-        keys = [f"{self._prefix}:batch:{batch_id}", f"{self._prefix}:batch:{batch_id}:jobs"]
+        keys = [counters_key(self._prefix, batch_id, run), jobs_key(self._prefix, batch_id, run)]
         script_args = [args[0], position, *args[1:], TTL_SECONDS]
         async with self._order(record):  # the first record of a job by offset is the one counted
             counters = await until_redis_answers(
-                lambda: self._track(keys=keys, args=script_args), "batch tracker"
+                lambda: self._track(keys, script_args), "batch tracker"
             )
+            if manifest is not None:  # for lookups by batch id (status, results, submit)
+                await until_redis_answers(lambda: self._index.record(manifest), "batch index")
         if not counters:
             return []
-        done = _done(batch_id, counters)
+        done = _done(batch_id, run, counters)
+        await until_redis_answers(lambda: self._index.record_done(done), "batch index")
         return [
             Outcome(
                 self._batches,
                 encode(done),
                 key=batch_id.encode(),
-                headers=[(Header.BATCH_ID.value, batch_id.encode())],
+                headers=[
+                    (Header.BATCH_ID.value, batch_id.encode()),
+                    (Header.RUN.value, b"%d" % run),
+                ],
             )
         ]
 
@@ -118,35 +127,59 @@ class BatchTracker:
         return self._dead.of_error(record, error, about)
 
 
-def _parse(value: bytes | None) -> tuple[str, list[Any]] | None:
-    """(batch id, script arguments) for a manifest, completion or failure record."""
+def counters_key(prefix: str, batch_id: str, run: int) -> str:
+    """A run's counters (in the batch index's hash slot)."""
+    return tagged(prefix, batch_id, "run", str(run))
+
+
+def jobs_key(prefix: str, batch_id: str, run: int) -> str:
+    """The job ids counted in a run."""
+    return tagged(prefix, batch_id, "run", str(run), "jobs")
+
+
+def _parse(
+    value: bytes | None,
+) -> tuple[str, int, list[Any], BatchManifest | None] | None:
+    """(batch id, run, script arguments, the manifest if it is one) for a manifest,
+    completion or failure record."""
     try:
         data = orjson.loads(value or b"")
         if isinstance(data, dict) and data.get("kind") == "manifest":
             manifest = BatchManifest.model_validate(data)
-            return manifest.batch_id, ["manifest", manifest.total]
+            return manifest.batch_id, manifest.run, ["manifest", manifest.total], manifest
         record = terminal_record(data)
     except (orjson.JSONDecodeError, ValidationError):
         return None
     if isinstance(record, Completion):
         usage = record.usage
-        return record.batch_id, [
-            "completion",
-            record.job_id,
-            int(record.cached),
-            usage.prompt_tokens,
-            usage.completion_tokens,
-            repr(record.cost_usd),
-        ]
+        return (
+            record.batch_id,
+            record.run,
+            [
+                "completion",
+                record.job_id,
+                int(record.cached),
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                repr(record.cost_usd),
+            ],
+            None,
+        )
     if isinstance(record, Failure):
-        return record.batch_id or "", ["failure", record.job_id, record.code.value]
+        return (
+            record.batch_id or "",
+            record.run,
+            ["failure", record.job_id, record.code.value],
+            None,
+        )
     return None
 
 
-def _done(batch_id: str, flat: list[bytes]) -> BatchDone:
+def _done(batch_id: str, run: int, flat: list[bytes]) -> BatchDone:
     fields = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
     return BatchDone(
         batch_id=batch_id,
+        run=run,
         total=int(fields["total"]),
         completed=int(fields.get("completed", 0)),
         failed={

@@ -25,7 +25,7 @@ from processors.model import ModelCallError, ModelClient, ModelReply
 from processors.pricing import Price, cost_usd
 from processors.prompt_metrics import PromptMetrics
 from processors.runtime import InRecord, Outcome
-from processors.runtime.deadletters import About, DeadLetters, job_headers, job_id_of
+from processors.runtime.deadletters import About, DeadLetters, job_id_of
 from processors.templates.render import Renderer
 from schemas import (
     ChatMessage,
@@ -37,6 +37,7 @@ from schemas import (
     Usage,
     encode,
 )
+from schemas.headers import job_headers
 from schemas.jobs import ModelParams
 from schemas.validation import describe_validation_error
 from topics import TopicCatalog, TopicKind
@@ -128,7 +129,7 @@ class PromptProcessor:
                 self._completions,
                 encode(completion),
                 key=job.job_id.encode(),
-                headers=job_headers(job.batch_id, job.job_id, job.tenant),
+                headers=job_headers(job.batch_id, job.job_id, job.tenant, job.run),
             )
         ]
 
@@ -161,6 +162,7 @@ class PromptProcessor:
         return Completion(
             job_id=job.job_id,
             batch_id=job.batch_id,
+            run=job.run,
             tenant=job.tenant,
             custom_id=job.custom_id,
             model=reply.model or model,
@@ -260,6 +262,7 @@ class PromptProcessor:
         return About(
             job_id=job.job_id,
             batch_id=job.batch_id,
+            run=job.run,
             tenant=job.tenant,
             custom_id=job.custom_id,
             template=job.template,

@@ -29,8 +29,6 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from processors.retry import until_redis_answers
 from processors.runtime import InRecord, Outcome
@@ -48,6 +46,7 @@ from schemas.reports import (
 )
 from schemas.results import terminal_record
 from topics import KafkaConnection, TopicCatalog, TopicKind
+from topics.redis import REDIS_ERRORS, LuaScript, RedisClient, tagged
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +114,7 @@ class ReportingProcessor:
         self,
         conn: KafkaConnection,
         catalog: TopicCatalog,
-        redis: Redis,
+        redis: RedisClient,
         prefix: str,
         config: ReportingConfig,
         registry: Registry,
@@ -124,11 +123,11 @@ class ReportingProcessor:
         self._reports = catalog.name(TopicKind.REPORTS)
         self._dead = DeadLetters(catalog.name(TopicKind.FAILURES), Stage.REPORTING)
         self._redis = redis
-        self._prefix = f"{prefix}:report"
+        self._prefix = prefix
         self._config = config
-        self._count = redis.register_script(COUNT)
-        self._clean = redis.register_script(CLEAN)
-        self._unlock = redis.register_script(UNLOCK)
+        self._count = LuaScript(redis, COUNT)
+        self._clean = LuaScript(redis, CLEAN)
+        self._unlock = LuaScript(redis, UNLOCK)
         self._producer: AIOKafkaProducer | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._token = uuid.uuid4().hex
@@ -162,7 +161,7 @@ class ReportingProcessor:
             self._flusher = None
             try:
                 await self.flush()  # what this worker counted last goes out now
-            except (RedisError, KafkaError, OSError) as exc:  # still dirty in Redis: a later flush
+            except (*REDIS_ERRORS, KafkaError) as exc:  # still dirty in Redis: a later flush
                 log.warning("final report flush failed, left to the next flusher: %s", exc)
         if self._producer is not None:
             await self._producer.stop()
@@ -175,16 +174,14 @@ class ReportingProcessor:
         batch_id, job_id, start, dims, tail = counted
         wkey = window_key(start, *dims)
         keys = [
-            f"{self._prefix}:seen:{batch_id}",
-            f"{self._prefix}:w:{wkey}",
-            f"{self._prefix}:dirty",
+            self._key("seen", batch_id),
+            self._key("w", wkey),
+            self._key("dirty"),
         ]
         args: list[Any] = [job_id, wkey, self._config.ttl_seconds, *dims, int(start.timestamp())]
         args += [self._config.window_seconds, *tail]
         async with self._order(record):  # the first record of a job by offset is the one counted
-            new = await until_redis_answers(
-                lambda: self._count(keys=keys, args=args), "reporting", log=log
-            )
+            new = await until_redis_answers(lambda: self._count(keys, args), "reporting", log=log)
         self._records.inc(counted=str(bool(new)).lower())
         if new:
             self.counted += 1
@@ -196,16 +193,21 @@ class ReportingProcessor:
         about = About(job_id=f"{record.topic}:{record.partition}:{record.offset}")
         return self._dead.of_error(record, error, about)
 
+    def _key(self, *parts: str) -> str:
+        """Every reporting key is in one hash slot: one script touches a batch's seen set,
+        a window and the dirty set."""
+        return tagged(self._prefix, "report", *parts)
+
     async def flush(self) -> int:
         """Publish every dirty window once (if no other worker is flushing); how many."""
-        lock = f"{self._prefix}:flush-lock"
+        lock = self._key("flush-lock")
         if not await self._redis.set(lock, self._token, nx=True, px=30_000):
             return 0
         published = 0
         try:
             while True:
                 dirty: list[tuple[bytes, float]] = await self._redis.zrange(  # type: ignore[assignment]
-                    f"{self._prefix}:dirty", 0, self._config.flush_batch - 1, withscores=True
+                    self._key("dirty"), 0, self._config.flush_batch - 1, withscores=True
                 )
                 if not dirty:
                     return published
@@ -214,14 +216,14 @@ class ReportingProcessor:
                 if len(dirty) < self._config.flush_batch:
                     return published
         finally:
-            await self._unlock(keys=[lock], args=[self._token])
+            await self._unlock([lock], [self._token])
 
     async def _publish(self, dirty: list[tuple[bytes, float]]) -> None:
         if self._producer is None:
             raise RuntimeError("the reporting processor is not started")
         pipe = self._redis.pipeline(transaction=False)
         for member, _ in dirty:
-            pipe.hgetall(f"{self._prefix}:w:{member.decode()}")
+            pipe.hgetall(self._key("w", member.decode()))
         snapshots: list[dict[bytes, bytes]] = await pipe.execute()
         sends = []
         for snapshot in snapshots:
@@ -237,14 +239,14 @@ class ReportingProcessor:
         published: list[Any] = []
         for member, revision in dirty:
             published += [member, int(revision)]
-        await self._clean(keys=[f"{self._prefix}:dirty"], args=published)
+        await self._clean([self._key("dirty")], published)
 
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(self._config.flush_seconds)
             try:
                 await self.flush()
-            except (RedisError, KafkaError, OSError) as exc:
+            except (*REDIS_ERRORS, KafkaError) as exc:
                 log.warning("report flush failed, will retry: %s", exc)
             except Exception:
                 log.exception("report flush failed, will retry")

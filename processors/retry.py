@@ -13,8 +13,7 @@ from email.utils import parsedate_to_datetime
 from time import time
 from typing import TypeVar
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from topics.redis import UNAVAILABLE
 
 T = TypeVar("T")
 
@@ -87,7 +86,7 @@ async def until_redis_answers(
     while True:
         try:
             result = await call()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except UNAVAILABLE as exc:
             attempt += 1
             if attempt == 1:
                 logger.warning("%s: Redis unavailable, retrying until it answers: %s", what, exc)

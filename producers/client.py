@@ -28,12 +28,14 @@ from schemas import (
     Completion,
     ErrorCode,
     Failure,
-    Header,
     PromptJob,
     SourcePosition,
     encode,
 )
+from schemas.headers import job_headers
+from schemas.jobs import line_job_id
 from topics import KafkaConnection, TopicCatalog, TopicKind
+from topics.batch_index import BatchIndex
 from topics.limits import RECORD_OVERHEAD, TopicLimits
 from topics.templates import TemplateRegistry, TemplateStore, UnknownTemplate
 
@@ -58,10 +60,17 @@ class Client:
     """A producer-side session against one cluster and topic catalog."""
 
     def __init__(
-        self, conn: KafkaConnection, catalog: TopicCatalog, *, max_job_bytes: int = 1_000_000
+        self,
+        conn: KafkaConnection,
+        catalog: TopicCatalog,
+        *,
+        index: BatchIndex | None = None,
+        max_job_bytes: int = 1_000_000,
     ) -> None:
         self._conn = conn
         self._catalog = catalog
+        # without Redis, batch ids are looked up in their partition of the batches topic
+        self.index = index or BatchIndex(None, "", conn, catalog)
         self._max_job_bytes = max_job_bytes
         self._job_limit: int | None = None
         self._producer: Any = None
@@ -97,12 +106,15 @@ class Client:
         tenant: str = "default",
         template: str | None = None,
         fmt: InputFormat = InputFormat.AUTO,
+        rerun: bool = False,
         on_progress: Progress | None = None,
     ) -> SubmitReport:
-        """Submit every line of ``path`` as one batch."""
+        """Submit every line of ``path`` as one batch. A batch id that is taken raises
+        :class:`~topics.batch_index.BatchExists`, unless ``rerun`` (a fresh run of it)."""
         batch_id = batch_id or new_batch_id()
         if fmt is InputFormat.AUTO:
             fmt = detect_format(path)
+        run = await self.index.claim(batch_id, rerun=rerun)
         items = read_jobs(
             path,
             batch_id=batch_id,
@@ -110,10 +122,12 @@ class Client:
             fmt=fmt,
             template=template,
             max_line_bytes=await self.job_limit(),
+            run=run,
         )
         return await self.submit_items(
             items,
             batch_id=batch_id,
+            run=run,
             tenant=tenant,
             source=str(path),
             input_format=fmt,
@@ -125,14 +139,18 @@ class Client:
         items: Iterable[PromptJob | LineError],
         *,
         batch_id: str,
+        run: int | None = None,
         tenant: str = "default",
         source: str | None = None,
         input_format: InputFormat = InputFormat.PROMPTMILL,
         on_progress: Progress | None = None,
     ) -> SubmitReport:
-        """Submit already-parsed jobs (and line errors) as batch ``batch_id``."""
+        """Submit already-parsed jobs (and line errors) as run ``run`` of batch
+        ``batch_id`` (``None``: claim the id as a new batch; the jobs must carry the run)."""
         if self._producer is None:
             raise RuntimeError("Client.submit called before start()")
+        if run is None:
+            run = await self.index.claim(batch_id, rerun=False)
         started = datetime.now(UTC)
         topic = self._catalog.name(TopicKind.TEMPLATES)
         async with TemplateRegistry(self._conn, topic, follow=False) as registry:
@@ -140,6 +158,7 @@ class Client:
         report = SubmitReport(
             BatchManifest(
                 batch_id=batch_id,
+                run=run,
                 tenant=tenant,
                 source=source,
                 input_format="openai-batch"
@@ -171,10 +190,10 @@ class Client:
             if isinstance(item, LineError):
                 manifest.invalid += 1
                 report.errors.append(item)
-                pending.append(await self._send_line_error(item, batch_id, tenant, source))
+                pending.append(await self._send_line_error(item, batch_id, run, tenant, source))
             else:
                 pending.append(
-                    await self._send(TopicKind.JOBS, item.job_id, value, batch_id, item.tenant)
+                    await self._send(TopicKind.JOBS, item.job_id, value, batch_id, item.tenant, run)
                 )
                 manifest.submitted += 1
             manifest.total += 1
@@ -185,8 +204,9 @@ class Client:
         await _acked(pending)
         manifest.submitted_at = datetime.now(UTC)
         await _acked(
-            [await self._send(TopicKind.BATCHES, batch_id, encode(manifest), batch_id, tenant)]
+            [await self._send(TopicKind.BATCHES, batch_id, encode(manifest), batch_id, tenant, run)]
         )
+        await self.index.record(manifest)
         return report
 
     async def job_limit(self) -> int:
@@ -210,24 +230,21 @@ class Client:
             yield record
 
     async def _send(
-        self, kind: TopicKind, key: str, value: bytes, batch_id: str, tenant: str
+        self, kind: TopicKind, key: str, value: bytes, batch_id: str, tenant: str, run: int
     ) -> Any:
-        headers = [
-            (Header.BATCH_ID.value, batch_id.encode()),
-            (Header.JOB_ID.value, key.encode()),
-            (Header.TENANT.value, tenant.encode()),
-        ]
+        headers = job_headers(batch_id, key, tenant, run)
         return await self._producer.send(
             self._catalog.name(kind), value, key=key.encode(), headers=headers
         )
 
     async def _send_line_error(
-        self, error: LineError, batch_id: str, tenant: str, source: str | None
+        self, error: LineError, batch_id: str, run: int, tenant: str, source: str | None
     ) -> Any:
-        job_id = f"{batch_id}:{error.line}"
+        job_id = line_job_id(batch_id, run, error.line)
         failure = Failure(
             job_id=job_id,
             batch_id=batch_id,
+            run=run,
             tenant=tenant,
             custom_id=error.custom_id,
             code=error.code,
@@ -237,7 +254,7 @@ class Client:
             payload_sha256=error.sha256 or None,
             source=SourcePosition(file=source, line=error.line),
         )
-        return await self._send(TopicKind.FAILURES, job_id, encode(failure), batch_id, tenant)
+        return await self._send(TopicKind.FAILURES, job_id, encode(failure), batch_id, tenant, run)
 
 
 def _pin_template(job: PromptJob, store: TemplateStore, used: dict[str, int]) -> None:

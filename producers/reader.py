@@ -28,7 +28,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas import ErrorCode, PromptJob
-from schemas.jobs import ChatMessage, ModelParams
+from schemas.jobs import ChatMessage, ModelParams, line_job_id
 from schemas.validation import describe_validation_error
 
 CHAT_URL = "/v1/chat/completions"
@@ -150,6 +150,7 @@ def read_jobs(
     fmt: InputFormat = InputFormat.AUTO,
     template: str | None = None,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    run: int = 1,
 ) -> Iterator[PromptJob | LineError]:
     """Yield a job or a :class:`LineError` for every non-blank line of ``path``."""
     now = datetime.now(UTC)
@@ -185,8 +186,9 @@ def read_jobs(
                     else _job_fields(data, template)
                 )
                 job = PromptJob(
-                    job_id=f"{batch_id}:{number}",
+                    job_id=line_job_id(batch_id, run, number),
                     batch_id=batch_id,
+                    run=run,
                     tenant=fields.pop("tenant", None) or tenant,
                     submitted_at=now,
                     source_line=number,

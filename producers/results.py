@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from schemas import BatchDone, BatchManifest, Completion, Failure, Header, decode
+from schemas.batches import batch_record
 from topics import KafkaConnection, TopicCatalog, TopicKind
 from topics.partitions import topic_partitions
 
@@ -58,43 +58,6 @@ class BatchReport:
             self.failed[record.code.value] += 1
 
 
-async def find_manifest(
-    conn: KafkaConnection, catalog: TopicCatalog, batch_id: str
-) -> BatchManifest | None:
-    """The latest manifest of ``batch_id`` on the batches topic, if any."""
-    return (await scan_batch(conn, catalog, batch_id))[0]
-
-
-async def scan_batch(
-    conn: KafkaConnection, catalog: TopicCatalog, batch_id: str
-) -> tuple[BatchManifest | None, BatchDone | None]:
-    """The latest manifest and done event of ``batch_id`` on the batches topic."""
-    consumer = AIOKafkaConsumer(
-        **conn.client_options(), enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    try:
-        tps = await topic_partitions(consumer, catalog.name(TopicKind.BATCHES))
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        manifest: BatchManifest | None = None
-        done: BatchDone | None = None
-        key = batch_id.encode()
-        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                for record in records:
-                    if record.key == key and record.value:
-                        found = _batch_record(record.value)
-                        if isinstance(found, BatchManifest):
-                            manifest = found
-                        elif isinstance(found, BatchDone):
-                            done = found
-        return manifest, done
-    finally:
-        await consumer.stop()
-
-
 class ResultFollower:
     """Streams a batch's terminal records, each job once.
 
@@ -104,10 +67,13 @@ class ResultFollower:
     the event was seen: the tracker only announces records already on them).
     """
 
-    def __init__(self, conn: KafkaConnection, catalog: TopicCatalog, batch_id: str) -> None:
+    def __init__(
+        self, conn: KafkaConnection, catalog: TopicCatalog, batch_id: str, run: int = 1
+    ) -> None:
         self._conn = conn
         self._catalog = catalog
         self.report = BatchReport(batch_id)
+        self.run = run
         self.done: BatchDone | None = None
         self._started_at: datetime | None = None
         self._seen: set[str] = set()
@@ -115,10 +81,11 @@ class ResultFollower:
     async def records(
         self, *, follow: bool, manifest: BatchManifest | None = None
     ) -> AsyncIterator[Completion | Failure]:
-        """Yield new terminal records; with ``follow`` until every job is terminal."""
-        manifest = manifest or await find_manifest(self._conn, self._catalog, self.report.batch_id)
+        """Yield new terminal records of the run; with ``follow`` until every job is
+        terminal. Without a ``manifest`` the topics are read from their beginning."""
         if manifest is not None:
             self.report.total = manifest.total
+            self.run = manifest.run
             self._started_at = manifest.started_at
         consumer = AIOKafkaConsumer(
             **self._conn.client_options(), enable_auto_commit=False, auto_offset_reset="earliest"
@@ -139,7 +106,9 @@ class ResultFollower:
                         continue
                     for record in records:
                         parsed = _terminal(record, batch)
-                        if parsed is not None and parsed.job_id not in self._seen:
+                        if parsed is None or parsed.run != self.run:
+                            continue
+                        if parsed.job_id not in self._seen:
                             self._seen.add(parsed.job_id)
                             self.report.add(parsed)
                             yield parsed
@@ -154,14 +123,12 @@ class ResultFollower:
             await consumer.stop()
 
     def _batch_event(self, value: bytes | None) -> bool:
-        """Take in a manifest or done event of this batch; whether it was the done event."""
-        found = _batch_record(value or b"")
-        if isinstance(found, BatchManifest):
+        """Take in a manifest or done event of this run; whether it was the done event."""
+        found = batch_record(value or b"")
+        if isinstance(found, BatchManifest) and found.run == self.run:
             self.report.total = found.total
             self._started_at = found.started_at
-        elif isinstance(found, BatchDone):
-            if self._started_at is not None and found.finished_at < self._started_at:
-                return False  # an earlier run under the same batch id
+        elif isinstance(found, BatchDone) and found.run == self.run:
             self.done = found
             self.report.total = self.report.total or found.total
             return True
@@ -189,20 +156,6 @@ class ResultFollower:
             found = offsets.get(tp)
             consumer.seek(tp, found.offset if found is not None else ends[tp])
         return terminal, batches
-
-
-def _batch_record(value: bytes) -> BatchManifest | BatchDone | None:
-    """A batches-topic record: a manifest or a done event (anything else: ``None``)."""
-    try:
-        data = orjson.loads(value)
-        kind = data.get("kind") if isinstance(data, dict) else None
-        if kind == "manifest":
-            return BatchManifest.model_validate(data)
-        if kind == "done":
-            return BatchDone.model_validate(data)
-    except (orjson.JSONDecodeError, ValidationError):
-        pass
-    return None
 
 
 def _terminal(record: Any, batch: bytes) -> Completion | Failure | None:

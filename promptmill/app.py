@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from promptmill.dev.stack import StackInfo, load_stack
 from promptmill.settings import Settings, SettingsError
 from topics import KafkaConnection, TopicCatalog
+from topics.redis import RedisClient, connect_redis
 
 SIM_MODEL = "promptmill-sim"
 FALLBACK_MODEL = "gpt-4o-mini"
@@ -71,6 +72,13 @@ def redis_url(settings: Settings) -> str | None:
         return settings.redis_url
     stack = stack_of(settings)
     return stack.redis.url if stack is not None and stack.redis is not None else None
+
+
+def redis(settings: Settings) -> RedisClient | None:
+    """A Redis client (or Cluster client, ``PROMPTMILL_REDIS_CLUSTER``), or ``None`` when no
+    Redis is configured or running. The caller closes it (``aclose``)."""
+    url = redis_url(settings)
+    return connect_redis(url, cluster=settings.redis_cluster) if url is not None else None
 
 
 def model_endpoint(settings: Settings) -> ModelEndpoint:

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
         description="Redis URL; unset = the local stack's redis-server",
     )
     redis_key_prefix: str = "promptmill"
+    redis_cluster: bool = False
 
     # Model endpoint
     openai_base_url: str | None = Field(
@@ -82,6 +83,7 @@ class Settings(BaseSettings):
     model_backoff_max_seconds: float = Field(default=30.0, gt=0)
     max_prompt_tokens: int = Field(default=8192, ge=1)
     max_job_bytes: int = Field(default=1_000_000, ge=1024)
+    batch_wait_seconds: float = Field(default=10.0, ge=0, le=3600)
     render_timeout_seconds: float = Field(default=2.0, gt=0, le=300)
     render_processes: int = Field(default=2, ge=1, le=64)
     render_memory_mb: int = Field(default=256, ge=64, le=65536)

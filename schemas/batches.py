@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class BatchManifest(BaseModel):
@@ -20,6 +21,7 @@ class BatchManifest(BaseModel):
     kind: Literal["manifest"] = "manifest"
     schema_version: Literal[1] = 1
     batch_id: str
+    run: int = Field(default=1, ge=1)  # a rerun of the same batch id gets the next number
     tenant: str = "default"
     source: str | None = None
     input_format: Literal["promptmill", "openai-batch"] = "promptmill"  # results default to it
@@ -40,6 +42,7 @@ class BatchDone(BaseModel):
     kind: Literal["done"] = "done"
     schema_version: Literal[1] = 1
     batch_id: str
+    run: int = Field(default=1, ge=1)
     total: int
     completed: int
     failed: dict[str, int] = Field(default_factory=dict)
@@ -48,3 +51,17 @@ class BatchDone(BaseModel):
     completion_tokens: int = 0
     cost_usd: float = 0.0
     finished_at: datetime
+
+
+def batch_record(value: bytes) -> BatchManifest | BatchDone | None:
+    """A batches-topic record: a manifest or a done event (anything else: ``None``)."""
+    try:
+        data = orjson.loads(value)
+        kind = data.get("kind") if isinstance(data, dict) else None
+        if kind == "manifest":
+            return BatchManifest.model_validate(data)
+        if kind == "done":
+            return BatchDone.model_validate(data)
+    except (orjson.JSONDecodeError, ValidationError):
+        pass
+    return None

@@ -90,6 +90,7 @@ class PromptJob(BaseModel):
     schema_version: Literal[1] = 1
     job_id: str = Field(min_length=1, max_length=256)
     batch_id: str = Field(min_length=1, max_length=128)
+    run: int = Field(default=1, ge=1, le=INT32_MAX)  # of the batch id (see BatchManifest)
     tenant: str = Field(default="default", min_length=1, max_length=128)
     custom_id: str | None = Field(default=None, max_length=512)
     template: str | None = Field(default=None, max_length=300)
@@ -121,3 +122,9 @@ class PromptJob(BaseModel):
         if self.template_version is not None:
             return TemplateRef(name=ref.name, version=self.template_version)
         return ref
+
+
+def line_job_id(batch_id: str, run: int, line: int) -> str:
+    """The job id of an input file's line: ``B:7``, or ``B:r2:7`` in the batch's second run
+    (a rerun's jobs never share an id with the first run's)."""
+    return f"{batch_id}:{line}" if run == 1 else f"{batch_id}:r{run}:{line}"

@@ -47,6 +47,7 @@ class Completion(BaseModel):
     schema_version: Literal[1] = 1
     job_id: str
     batch_id: str
+    run: int = 1
     tenant: str
     custom_id: str | None = None
     model: str
@@ -84,6 +85,7 @@ class Failure(BaseModel):
     schema_version: Literal[1] = 1
     job_id: str
     batch_id: str | None = None
+    run: int = 1
     tenant: str | None = None
     custom_id: str | None = None
     code: ErrorCode

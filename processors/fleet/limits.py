@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from topics.redis import tagged
+
 WINDOW_SECONDS = 60.0
 DEFAULT_MODEL = "*"
 
@@ -23,6 +25,11 @@ class Limit(BaseModel):
 
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
+
+
+def rate_limit_key(prefix: str, *parts: str) -> str:
+    """A key of the rate limits: all in one hash slot, as one script touches several."""
+    return tagged(prefix, "rl", *parts)
 
 
 @dataclass(frozen=True)
@@ -59,10 +66,10 @@ class LimitTable:
         out: list[tuple[BucketSpec, str]] = []
         limit = self.models.get(model) or self.models.get(DEFAULT_MODEL)
         if limit is not None:
-            out += self._pair(f"{prefix}:rl:model:{model}", limit, adaptive=True)
+            out += self._pair(rate_limit_key(prefix, "model", model), limit, adaptive=True)
         quota = self.tenants.get(tenant)
         if quota is not None:
-            out += self._pair(f"{prefix}:rl:tenant:{tenant}", quota, adaptive=False)
+            out += self._pair(rate_limit_key(prefix, "tenant", tenant), quota, adaptive=False)
         return out
 
     def _pair(self, base: str, limit: Limit, *, adaptive: bool) -> list[tuple[BucketSpec, str]]:

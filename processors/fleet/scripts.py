@@ -1,6 +1,7 @@
 """The Redis Lua scripts: :mod:`processors.fleet.gcra`'s math, atomic for the whole fleet.
 
-Every script reads the clock with ``TIME`` on the Redis server, so workers on machines
+Every script's keys share one hash slot (Redis Cluster runs a script on one node), and every
+script reads the clock with ``TIME`` on the Redis server, so workers on machines
 with skewed clocks still share one timeline. The prelude defines what all three need.
 """
 
@@ -27,29 +28,25 @@ local function store(key, tat, last)
 end
 """
 
-# KEYS: cache key, control key, bucket keys...
-# ARGV: use_cache, recovery_ms, horizon_ms, then per bucket: interval_ms, tolerance_ms, cost,
-# adaptive. Returns {1, cached} | {0, wait_ms, send_ms} (reserved) | {2, come_back_ms}.
-ACQUIRE = (
+# KEYS: control key, bucket keys... (one hash slot: see FleetState's keys)
+# ARGV: recovery_ms, horizon_ms, then per bucket: interval_ms, tolerance_ms, cost, adaptive.
+# Returns {0, wait_ms, send_ms} (reserved) | {2, come_back_ms}.
+RESERVE = (
     PRELUDE
     + """
-if ARGV[1] == '1' then
-  local hit = redis.call('GET', KEYS[1])
-  if hit then return {1, hit} end
-end
-local n = #KEYS - 2
+local n = #KEYS - 1
 if n == 0 then return {0, '0', string.format('%.3f', now)} end
-local ctl = redis.call('HMGET', KEYS[2], 'f0', 'pts', 'pause')
-local factor = factor_of(ctl, tonumber(ARGV[2]))
+local ctl = redis.call('HMGET', KEYS[1], 'f0', 'pts', 'pause')
+local factor = factor_of(ctl, tonumber(ARGV[1]))
 local send = math.max(now, tonumber(ctl[3]) or 0)
 local tats, intervals, costs = {}, {}, {}
 for i = 1, n do
-  local base = 3 + (i - 1) * 4
+  local base = 2 + (i - 1) * 4
   local interval = tonumber(ARGV[base + 1])
   local tolerance = tonumber(ARGV[base + 2])
   local cost = tonumber(ARGV[base + 3])
   if ARGV[base + 4] == '1' then interval = interval / factor end
-  local tat, last = load(KEYS[2 + i])
+  local tat, last = load(KEYS[1 + i])
   tat = tat or now
   local amount = cost * interval
   local earliest = tat
@@ -57,12 +54,12 @@ for i = 1, n do
   if earliest > send then send = earliest end
   tats[i], intervals[i], costs[i] = tat, interval, cost
 end
-local horizon = tonumber(ARGV[3])
+local horizon = tonumber(ARGV[2])
 if send - now > horizon then
   return {2, string.format('%.3f', send - now - horizon)}
 end
 for i = 1, n do
-  store(KEYS[2 + i], math.max(tats[i], send) + costs[i] * intervals[i], send)
+  store(KEYS[1 + i], math.max(tats[i], send) + costs[i] * intervals[i], send)
 end
 return {0, string.format('%.3f', send - now), string.format('%.3f', send)}
 """

@@ -19,15 +19,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError
 
 from processors.fleet import scripts
-from processors.fleet.batcher import ScriptBatcher
+from processors.fleet.batcher import Batcher, gets
 from processors.fleet.gcra import Charge, LocalBuckets
-from processors.fleet.limits import BucketSpec, LimitTable
+from processors.fleet.limits import BucketSpec, LimitTable, rate_limit_key
+from topics.redis import REDIS_ERRORS, LuaScript, RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +73,10 @@ class FleetConfig:
 
 
 class FleetState:
-    """Cache lookups and rate-limit reservations, one round trip each way."""
+    """Cache lookups and rate-limit reservations, batched into shared round trips."""
 
     def __init__(
-        self, redis: Redis | None, prefix: str, limits: LimitTable, config: FleetConfig
+        self, redis: RedisClient | None, prefix: str, limits: LimitTable, config: FleetConfig
     ) -> None:
         self._redis = redis
         self._prefix = prefix
@@ -89,50 +87,56 @@ class FleetState:
         self._lines: dict[tuple[str, str], asyncio.Lock] = {}
         self._other_round_trips = 0
         if redis is not None:
-            self._acquire = ScriptBatcher(redis, redis.register_script(scripts.ACQUIRE))
-            self._settle = redis.register_script(scripts.SETTLE)
-            self._penalize = redis.register_script(scripts.PENALIZE)
+            self._gets: Batcher[str] = Batcher(gets(redis))
+            self._reserve = Batcher(LuaScript(redis, scripts.RESERVE).run_many)
+            self._settle = LuaScript(redis, scripts.SETTLE)
+            self._penalize = LuaScript(redis, scripts.PENALIZE)
 
     async def lookup(self, cache_key: str | None, model: str, tenant: str, tokens: int) -> Lookup:
         """The cached answer for ``cache_key``, or a reservation for one model call."""
-        buckets = self._limits.buckets(self._prefix, model, tenant)
-        if (cache_key is None and not buckets) or not self._use_redis():
-            return self._reserve_locally(model, buckets, tokens)
-        keys = [self._cache(cache_key), self._control(model)] + [s.key for s, _ in buckets]
-        args: list[Any] = [
-            "1" if cache_key else "0",
-            self._recovery_ms,
-            self._config.horizon_seconds * 1000,
-        ]
-        for spec, counts in buckets:
-            cost = 1 if counts == "requests" else tokens
-            args += [spec.interval_ms, spec.tolerance_ms, cost, int(spec.adaptive)]
-        try:
-            answer = await self._acquire.call(keys, args)
-        except (RedisError, OSError) as exc:
-            self._went_down(exc)
-            return self._reserve_locally(model, buckets, tokens)
-        self._came_back()
-        if answer[0] == 1:
-            return Lookup(answer[1])
-        wait = max(0.0, float(answer[1]) / 1000.0)
-        if answer[0] == 2:
-            return Lookup(None, wait, reserved=False)
-        return Lookup(None, wait, send_at=float(answer[2]) / 1000.0)
+        if cache_key is not None and self._use_redis():
+            try:
+                hit = await self._gets.call(self._cache(cache_key))
+            except REDIS_ERRORS as exc:
+                self._went_down(exc)
+            else:
+                self._came_back()
+                if hit is not None:
+                    return Lookup(hit)
+        return await self.reserve(model, tenant, tokens)
 
     @property
     def round_trips(self) -> int:
         """Network round trips to Redis so far (a batch of lookups counts once)."""
-        acquire = self._acquire.round_trips if self._redis is not None else 0
-        return acquire + self._other_round_trips
+        if self._redis is None:
+            return 0
+        return self._gets.round_trips + self._reserve.round_trips + self._other_round_trips
 
     def waiting_line(self, model: str, tenant: str) -> asyncio.Lock:
         """This worker's FIFO line for jobs still waiting for a reservation."""
         return self._lines.setdefault((model, tenant), asyncio.Lock())
 
     async def reserve(self, model: str, tenant: str, tokens: int) -> Lookup:
-        """A reservation for one more call (a retry), or when to ask again."""
-        return await self.lookup(None, model, tenant, tokens)
+        """A reservation for one model call in every bucket it must pass, or when to ask
+        again (the buckets are booked further ahead than the horizon)."""
+        buckets = self._limits.buckets(self._prefix, model, tenant)
+        if not buckets or not self._use_redis():
+            return self._reserve_locally(model, buckets, tokens)
+        keys = [self._control(model)] + [s.key for s, _ in buckets]
+        args: list[Any] = [self._recovery_ms, self._config.horizon_seconds * 1000]
+        for spec, counts in buckets:
+            cost = 1 if counts == "requests" else tokens
+            args += [spec.interval_ms, spec.tolerance_ms, cost, int(spec.adaptive)]
+        try:
+            answer = await self._reserve.call((keys, args))
+        except REDIS_ERRORS as exc:
+            self._went_down(exc)
+            return self._reserve_locally(model, buckets, tokens)
+        self._came_back()
+        wait = max(0.0, float(answer[1]) / 1000.0)
+        if answer[0] == 2:
+            return Lookup(None, wait, reserved=False)
+        return Lookup(None, wait, send_at=float(answer[2]) / 1000.0)
 
     async def settle(
         self,
@@ -151,25 +155,31 @@ class FleetState:
         store = cache_key is not None and value is not None
         if not store and not buckets and not pause:
             return
-        if not self._use_redis():
+        if self._redis is None or not self._use_redis():
             for spec, _ in buckets:
                 self._local.refund(
                     spec.key, refund_tokens, spec.interval_ms / self._config.local_share
                 )
             return
+        keys = [self._control(model)] + [s.key for s, _ in buckets]
+        args: list[Any] = [self._recovery_ms, pause * 1000.0]
+        for spec, _ in buckets:
+            args += [spec.interval_ms, refund_tokens, int(spec.adaptive)]
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:  # type: ignore[union-attr]
+            async with self._redis.pipeline(transaction=False) as pipe:
                 if store:
-                    pipe.set(self._cache(cache_key), value, ex=self._config.cache_ttl_seconds)  # type: ignore[arg-type]
+                    pipe.set(
+                        self._cache(cache_key), value or b"", ex=self._config.cache_ttl_seconds
+                    )
                 if buckets or pause:
-                    args: list[Any] = [self._recovery_ms, pause * 1000.0]
-                    for spec, _ in buckets:
-                        args += [spec.interval_ms, refund_tokens, int(spec.adaptive)]
-                    keys = [self._control(model)] + [s.key for s, _ in buckets]
-                    await self._settle(keys=keys, args=args, client=pipe)
+                    pipe.execute_command("EVALSHA", self._settle.sha, len(keys), *keys, *args)
                 self._other_round_trips += 1
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
+                results = await pipe.execute(raise_on_error=False)
+            if any(isinstance(r, NoScriptError) for r in results):
+                await self._settle(keys, args)  # loads it; it had not run
+            elif errors := [r for r in results if isinstance(r, BaseException)]:
+                raise errors[0]
+        except REDIS_ERRORS as exc:
             self._went_down(exc)
 
     async def penalize(self, model: str, retry_after: float | None) -> None:
@@ -180,11 +190,11 @@ class FleetState:
             try:
                 self._other_round_trips += 1
                 await self._penalize(
-                    keys=[self._control(model)],
-                    args=[wait_ms, self._recovery_ms, cfg.min_factor, cfg.debounce_seconds * 1000],
+                    [self._control(model)],
+                    [wait_ms, self._recovery_ms, cfg.min_factor, cfg.debounce_seconds * 1000],
                 )
                 return
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 self._went_down(exc)
         self._local.control(self._control(model)).penalize(
             _now_ms(), wait_ms, self._recovery_ms, cfg.min_factor, cfg.debounce_seconds * 1000
@@ -198,7 +208,7 @@ class FleetState:
         return f"{self._prefix}:cache:{key or '-'}"
 
     def _control(self, model: str) -> str:
-        return f"{self._prefix}:rl:model:{model}:ctl"
+        return rate_limit_key(self._prefix, "model", model, "ctl")
 
     def _reserve_locally(
         self, model: str, buckets: list[tuple[BucketSpec, str]], tokens: int
@@ -254,18 +264,3 @@ class FleetState:
 
 def _now_ms() -> float:
     return time.time() * 1000.0
-
-
-def connect_redis(url: str, *, max_connections: int = 32, timeout: float = 2.0) -> Redis:
-    """A Redis client sized for a worker: a bounded pool that makes callers wait for a free
-    connection (instead of failing past its size), short timeouts, and one transparent
-    retry of a command whose pooled connection went stale (for instance after a restart)."""
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=timeout,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 1),
-    )
-    return Redis.from_pool(pool)

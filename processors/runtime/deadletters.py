@@ -19,6 +19,7 @@ import orjson
 
 from processors.runtime.records import InRecord, Outcome
 from schemas import ErrorCode, Failure, Header, PromptmillError, Stage, encode
+from schemas.headers import job_headers
 
 PAYLOAD_BYTES = 4096  # of the input kept in a dead letter
 MESSAGE_CHARS = 2000
@@ -33,6 +34,7 @@ class About:
 
     job_id: str | None = None
     batch_id: str | None = None
+    run: int | None = None
     tenant: str | None = None
     custom_id: str | None = None
     template: str | None = None
@@ -51,14 +53,9 @@ def job_id_of(record: InRecord) -> str:
     return f"{record.topic}:{record.partition}:{record.offset}"
 
 
-def job_headers(batch_id: str | None, job_id: str, tenant: str | None) -> list[tuple[str, bytes]]:
-    """The headers that let a consumer filter a job's records without decoding them."""
-    headers = [(Header.JOB_ID.value, job_id.encode())]
-    if batch_id:
-        headers.append((Header.BATCH_ID.value, batch_id.encode()))
-    if tenant:
-        headers.append((Header.TENANT.value, tenant.encode()))
-    return headers
+def _run_of(record: InRecord) -> int:
+    value = record.header(Header.RUN)
+    return int(value) if value and value.isdigit() and len(value) < 10 else 1
 
 
 def _header(record: InRecord, name: Header) -> str | None:
@@ -100,6 +97,7 @@ class DeadLetters:
         failure = Failure(
             job_id=about.job_id or job_id_of(record),
             batch_id=about.batch_id or _header(record, Header.BATCH_ID),
+            run=about.run or _run_of(record),
             tenant=about.tenant or _header(record, Header.TENANT),
             custom_id=about.custom_id,
             code=code,
@@ -135,7 +133,7 @@ def dead_letter(topic: str, failure: Failure) -> Outcome:
         topic,
         encode(failure),
         key=failure.job_id.encode(),
-        headers=job_headers(failure.batch_id, failure.job_id, failure.tenant),
+        headers=job_headers(failure.batch_id, failure.job_id, failure.tenant, failure.run),
         dead_letter=True,
         code=failure.code.value,
     )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
+from collections.abc import AsyncIterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import BinaryIO
@@ -12,21 +14,29 @@ from typing import BinaryIO
 from producers import BatchReport, Client, InputFormat
 from producers.client import SubmitReport, new_batch_id
 from producers.output import OutputFormat, format_record
-from producers.results import ResultFollower, find_manifest, scan_batch
+from producers.results import ResultFollower
 from promptmill import app
 from promptmill.progress import ProgressLine
 from promptmill.settings import Settings
 from schemas import BatchManifest
+from topics.batch_index import BatchIndex
 
 MAX_ERRORS_SHOWN = 20
 
 
-def _client(settings: Settings) -> Client:
-    return Client(
-        app.kafka_connection(settings),
-        app.catalog(settings),
-        max_job_bytes=settings.max_job_bytes,
-    )
+@contextlib.asynccontextmanager
+async def _client(settings: Settings) -> AsyncIterator[Client]:
+    """A started client whose batch index is in Redis when one is configured (else lookups
+    read the batch id's partition of the batches topic)."""
+    conn, catalog = app.kafka_connection(settings), app.catalog(settings)
+    redis = app.redis(settings)
+    try:
+        index = BatchIndex(redis, settings.redis_key_prefix, conn, catalog)
+        async with Client(conn, catalog, index=index, max_job_bytes=settings.max_job_bytes) as c:
+            yield c
+    finally:
+        if redis is not None:
+            await redis.aclose()
 
 
 def add_submit_options(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +46,11 @@ def add_submit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", help="template REF for lines that name none")
     parser.add_argument(
         "--format", dest="input_format", choices=[f.value for f in InputFormat], default="auto"
+    )
+    parser.add_argument(
+        "--rerun",
+        action="store_true",
+        help="submit a batch id that already exists again, as a new run (its own counts)",
     )
 
 
@@ -70,6 +85,7 @@ async def submit(settings: Settings, args: argparse.Namespace) -> SubmitReport:
             tenant=args.tenant,
             template=args.template,
             fmt=InputFormat(args.input_format),
+            rerun=args.rerun,
             on_progress=progress.update,
         )
     progress.finish()
@@ -80,8 +96,9 @@ async def submit(settings: Settings, args: argparse.Namespace) -> SubmitReport:
             f"... and {len(report.errors) - MAX_ERRORS_SHOWN} more invalid lines", file=sys.stderr
         )
     m = report.manifest
+    run = f" (run {m.run})" if m.run > 1 else ""
     print(
-        f"batch {m.batch_id}: {m.total} lines, {m.submitted} jobs submitted, "
+        f"batch {m.batch_id}{run}: {m.total} lines, {m.submitted} jobs submitted, "
         f"{m.invalid} invalid (recorded as failures)"
     )
     return report
@@ -90,15 +107,14 @@ async def submit(settings: Settings, args: argparse.Namespace) -> SubmitReport:
 async def results(
     settings: Settings, args: argparse.Namespace, manifest: BatchManifest | None = None
 ) -> ResultFollower:
-    """Write every terminal record of the batch once; with --follow until all are terminal."""
-    batch_id = manifest.batch_id if manifest else args.batch
-    conn, catalog = app.kafka_connection(settings), app.catalog(settings)
-    if manifest is None and args.output_format is None:
-        manifest = await find_manifest(conn, catalog, batch_id)
-    fmt = OutputFormat(args.output_format or (manifest.input_format if manifest else "promptmill"))
+    """Write every terminal record of the batch once; with --follow until all are terminal.
+    A batch without a manifest is an error (after waiting a little for one, with --follow)."""
     async with _client(settings) as client:
-        follower = client.follow(batch_id)
-        progress = ProgressLine(f"batch {batch_id}", manifest.total if manifest else None)
+        if manifest is None:
+            manifest = await _manifest(client, settings, args.batch, wait=args.follow)
+        fmt = OutputFormat(args.output_format or manifest.input_format)
+        follower = client.follow(manifest.batch_id)
+        progress = ProgressLine(f"batch {manifest.batch_id}", manifest.total)
         with ExitStack() as stack:
             out: BinaryIO = (
                 stack.enter_context(args.output.open("wb")) if args.output else sys.stdout.buffer
@@ -110,6 +126,15 @@ async def results(
                 progress.update(report.terminal, report.total)
         progress.finish()
     return follower
+
+
+async def _manifest(
+    client: Client, settings: Settings, batch_id: str, *, wait: bool
+) -> BatchManifest:
+    """The batch's manifest from the index; waiting (``PROMPTMILL_BATCH_WAIT_SECONDS``) only
+    when following, since a submit in progress publishes it last."""
+    within = settings.batch_wait_seconds if wait else 0.0
+    return await client.index.wait_for(batch_id, within)
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> BatchReport:
@@ -160,13 +185,10 @@ def summary(report: BatchReport, wall_seconds: float) -> str:
 
 async def status(settings: Settings, args: argparse.Namespace) -> None:
     """A batch's totals, each job counted once; with --watch, live until it is done."""
-    conn, catalog = app.kafka_connection(settings), app.catalog(settings)
-    manifest, done = await scan_batch(conn, catalog, args.batch)
-    if manifest is None and not args.watch:
-        raise SystemExit(f"promptmill: no batch {args.batch!r} (no manifest on the batches topic)")
     async with _client(settings) as client:
+        manifest = await _manifest(client, settings, args.batch, wait=args.watch)
         follower = client.follow(args.batch)
-        progress = ProgressLine(f"batch {args.batch}", manifest.total if manifest else None)
+        progress = ProgressLine(f"batch {args.batch}", manifest.total)
         async for _ in follower.records(follow=args.watch, manifest=manifest):
             if args.watch:
                 report = follower.report
@@ -174,14 +196,15 @@ async def status(settings: Settings, args: argparse.Namespace) -> None:
                 progress.update(report.terminal, report.total)
         if args.watch:
             progress.finish()
-    if done is None:
-        manifest, done = await scan_batch(conn, catalog, args.batch)
+        done = follower.done or await client.index.done(manifest.batch_id, manifest.run)
+    run = [f"  run         {manifest.run}"] if manifest.run > 1 else []
     print(
         "\n".join(
             [
                 *report_lines(follower.report),
+                *run,
                 f"  terminal    {follower.report.terminal}",
-                f"  started     {manifest.started_at.isoformat() if manifest else '-'}",
+                f"  started     {manifest.started_at.isoformat()}",
                 f"  finished    {done.finished_at.isoformat() if done else '-'}",
             ]
         )

@@ -10,12 +10,10 @@ import signal
 import socket
 from contextlib import AsyncExitStack
 
-from redis.asyncio import Redis
-
 from processors.batches import BatchTracker
 from processors.classifier import Classifier
 from processors.fleet import FleetState, LimitTable
-from processors.fleet.state import FleetConfig, connect_redis
+from processors.fleet.state import FleetConfig
 from processors.model import ModelClient
 from processors.moderation import ModerationProcessor
 from processors.prompt_metrics import PromptMetrics
@@ -30,6 +28,8 @@ from processors.templates.render import Renderer
 from promptmill import app
 from promptmill.settings import Settings, SettingsError
 from topics import ConsumerGroup, TopicKind
+from topics.batch_index import BatchIndex
+from topics.redis import RedisClient
 from topics.templates import TemplateRegistry
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ async def worker(settings: Settings, args: argparse.Namespace) -> None:
             )
         elif args.processor == "batches":
             redis = _required_redis(settings, resources)
-            processor = BatchTracker(catalog, redis, settings.redis_key_prefix)
+            index = BatchIndex(redis, settings.redis_key_prefix, conn, catalog)
+            processor = BatchTracker(catalog, redis, settings.redis_key_prefix, index)
         elif args.processor == "reporting":
             redis = _required_redis(settings, resources)
             config = ReportingConfig(
@@ -204,17 +205,17 @@ async def _templates(
     return await resources.enter_async_context(registry)
 
 
-def _redis(settings: Settings, resources: AsyncExitStack) -> Redis | None:
-    if app.redis_url(settings) is None:
+def _redis(settings: Settings, resources: AsyncExitStack) -> RedisClient | None:
+    redis = app.redis(settings)
+    if redis is None:
         log.warning("no Redis configured (REDIS_URL): running without cache or shared limits")
         return None
-    return _required_redis(settings, resources)
-
-
-def _required_redis(settings: Settings, resources: AsyncExitStack) -> Redis:
-    url = app.redis_url(settings)
-    if url is None:
-        raise SettingsError("this processor needs Redis: set REDIS_URL or `promptmill dev up`")
-    redis = connect_redis(url)
     resources.push_async_callback(redis.aclose)
+    return redis
+
+
+def _required_redis(settings: Settings, resources: AsyncExitStack) -> RedisClient:
+    redis = _redis(settings, resources)
+    if redis is None:
+        raise SettingsError("this processor needs Redis: set REDIS_URL or `promptmill dev up`")
     return redis

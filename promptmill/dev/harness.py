@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
 
 from producers import Client
 from producers.results import ResultFollower
@@ -26,6 +27,7 @@ from promptmill.dev.processes import free_port, wait_for_port
 from schemas import BatchManifest, Completion, Failure, Header
 from topics import KafkaConnection, TopicCatalog, TopicKind
 from topics.admin import apply_topics
+from topics.batch_index import BatchIndex
 
 ROOT = Path(__file__).resolve().parents[2]  # the source tree (workers run from it)
 PARTITIONS = {"jobs": 4, "completions": 2, "failures": 2, "batches": 1}
@@ -47,6 +49,7 @@ class Env:
     state_dir: Path
     extra: dict[str, str] = field(default_factory=dict)
     workers: list[WorkerProcess] = field(default_factory=list)
+    replication: int = 1  # of the topics it creates (3 on a 3-node cluster: failover tests)
 
     @property
     def conn(self) -> KafkaConnection:
@@ -54,7 +57,7 @@ class Env:
 
     @property
     def catalog(self) -> TopicCatalog:
-        return TopicCatalog(self.prefix, partitions=PARTITIONS)
+        return TopicCatalog(self.prefix, partitions=PARTITIONS, replication=self.replication)
 
     def environ(self, **overrides: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PROMPTMILL_", "OPENAI_"))}
@@ -65,6 +68,7 @@ class Env:
             "OPENAI_API_KEY": "sim",
             "PROMPTMILL_TOPIC_PREFIX": self.prefix,
             "PROMPTMILL_TOPIC_PARTITIONS": orjson.dumps(PARTITIONS).decode(),
+            "PROMPTMILL_TOPIC_REPLICATION": str(self.replication),
             "PROMPTMILL_REDIS_KEY_PREFIX": self.prefix,
             "PROMPTMILL_DEFAULT_MODEL": "promptmill-sim",
             "PROMPTMILL_STATE_DIR": str(self.state_dir),
@@ -109,8 +113,14 @@ class Env:
         return self.cli("templates", "push", str(directory), "--label", label).stdout
 
     async def submit(self, path: Path, **kwargs: Any) -> str:
-        async with Client(self.conn, self.catalog) as client:
-            report = await client.submit(path, **kwargs)
+        """Submit ``path`` as the CLI would (batch ids claimed in Redis)."""
+        redis = Redis.from_url(self.endpoints.redis_url)
+        try:
+            index = BatchIndex(redis, self.prefix, self.conn, self.catalog)
+            async with Client(self.conn, self.catalog, index=index) as client:
+                report = await client.submit(path, **kwargs)
+        finally:
+            await redis.aclose()
         return report.manifest.batch_id
 
     async def collect(
