@@ -19,7 +19,6 @@ from typing import Any
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
-from redis.asyncio import Redis
 
 from producers import Client
 from producers.results import ResultFollower
@@ -28,6 +27,7 @@ from schemas import BatchManifest, Completion, Failure, Header
 from topics import KafkaConnection, TopicCatalog, TopicKind
 from topics.admin import apply_topics
 from topics.batch_index import BatchIndex
+from topics.redis import RedisClient, connect_redis
 
 ROOT = Path(__file__).resolve().parents[2]  # the source tree (workers run from it)
 PARTITIONS = {"jobs": 4, "completions": 2, "failures": 2, "batches": 1}
@@ -50,6 +50,7 @@ class Env:
     extra: dict[str, str] = field(default_factory=dict)
     workers: list[WorkerProcess] = field(default_factory=list)
     replication: int = 1  # of the topics it creates (3 on a 3-node cluster: failover tests)
+    redis_cluster: bool = False  # endpoints.redis_url is a node of a Redis Cluster
 
     @property
     def conn(self) -> KafkaConnection:
@@ -69,6 +70,7 @@ class Env:
             "PROMPTMILL_TOPIC_PREFIX": self.prefix,
             "PROMPTMILL_TOPIC_PARTITIONS": orjson.dumps(PARTITIONS).decode(),
             "PROMPTMILL_TOPIC_REPLICATION": str(self.replication),
+            "PROMPTMILL_REDIS_CLUSTER": str(self.redis_cluster).lower(),
             "PROMPTMILL_REDIS_KEY_PREFIX": self.prefix,
             "PROMPTMILL_DEFAULT_MODEL": "promptmill-sim",
             "PROMPTMILL_STATE_DIR": str(self.state_dir),
@@ -112,9 +114,13 @@ class Env:
     async def push_templates(self, directory: Path, label: str = "production") -> str:
         return self.cli("templates", "push", str(directory), "--label", label).stdout
 
+    def redis(self) -> RedisClient:
+        """A client of this env's Redis (the caller closes it)."""
+        return connect_redis(self.endpoints.redis_url, cluster=self.redis_cluster)
+
     async def submit(self, path: Path, **kwargs: Any) -> str:
         """Submit ``path`` as the CLI would (batch ids claimed in Redis)."""
-        redis = Redis.from_url(self.endpoints.redis_url)
+        redis = self.redis()
         try:
             index = BatchIndex(redis, self.prefix, self.conn, self.catalog)
             async with Client(self.conn, self.catalog, index=index) as client:

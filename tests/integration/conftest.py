@@ -6,6 +6,7 @@ existing servers instead (the simulator's admin API must then be reachable there
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from promptmill.dev.harness import Endpoints, Env, sim_call
+from promptmill.dev.redis_cluster import start_redis_cluster
 from promptmill.dev.stack import down, up
 
 CACHE_DIR = Path(os.environ.get("PROMPTMILL_CACHE_DIR", Path.home() / ".cache" / "promptmill"))
@@ -39,9 +41,34 @@ def endpoints(stack_dir: Path) -> Iterator[Endpoints]:
         down(stack_dir)
 
 
+@pytest.fixture(scope="session")
+async def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """A real 3-master Redis Cluster (started on first use): the URL of one of its nodes."""
+    async with await start_redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster.url
+
+
+@pytest.fixture
+async def cluster_env(
+    endpoints: Endpoints, redis_cluster: str, tmp_path: Path
+) -> AsyncIterator[Env]:
+    """Like ``env``, with its Redis a 3-master Redis Cluster."""
+    on_cluster = Endpoints(endpoints.bootstrap, redis_cluster, endpoints.sim_url)
+    async with _env(on_cluster, tmp_path, redis_cluster=True) as test_env:
+        yield test_env
+
+
 @pytest.fixture
 async def env(endpoints: Endpoints, tmp_path: Path) -> AsyncIterator[Env]:
     """A fresh topic prefix with its topics created, and the simulator reset to defaults."""
+    async with _env(endpoints, tmp_path) as test_env:
+        yield test_env
+
+
+@contextlib.asynccontextmanager
+async def _env(
+    endpoints: Endpoints, tmp_path: Path, *, redis_cluster: bool = False
+) -> AsyncIterator[Env]:
     await sim_call(endpoints.sim_url, "POST", "/sim/reset")
     await sim_call(
         endpoints.sim_url,
@@ -57,7 +84,7 @@ async def env(endpoints: Endpoints, tmp_path: Path) -> AsyncIterator[Env]:
             "malformed_rate": 0,
         },
     )
-    test_env = Env(endpoints, f"t{uuid.uuid4().hex[:10]}", tmp_path)
+    test_env = Env(endpoints, f"t{uuid.uuid4().hex[:10]}", tmp_path, redis_cluster=redis_cluster)
     await test_env.setup_topics()
     try:
         yield test_env

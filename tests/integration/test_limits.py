@@ -12,7 +12,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from redis.asyncio import Redis
 
 from processors.fleet import FleetState, Limit, LimitTable
 from processors.fleet.state import FleetConfig
@@ -42,12 +41,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 ACQUIRER = """
 import asyncio, json, sys
-from redis.asyncio import Redis
 from processors.fleet import FleetState, Limit, LimitTable
 from processors.fleet.state import FleetConfig
+from topics.redis import connect_redis
 
-async def main(url, prefix, rpm, tpm, count, estimate, actual):
-    redis = Redis.from_url(url)
+async def main(url, cluster, prefix, rpm, tpm, count, estimate, actual):
+    redis = connect_redis(url, cluster=cluster == "1")
     limits = LimitTable({"m": Limit(rpm=rpm or None, tpm=tpm or None)})
     fleet = FleetState(redis, prefix, limits, FleetConfig(horizon_seconds=3600))
     sends = []
@@ -59,18 +58,19 @@ async def main(url, prefix, rpm, tpm, count, estimate, actual):
     await redis.aclose()
     print(json.dumps(sends))
 
-asyncio.run(main(sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])))
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], *map(int, sys.argv[4:])))
 """
 
 
-def _acquire_in_processes(redis_url: str, prefix: str, processes: int, *args: int) -> list[float]:
+def _acquire_in_processes(env: Env, prefix: str, processes: int, *args: int) -> list[float]:
     """Start ``processes`` Python processes that reserve concurrently; all send times."""
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    environ = os.environ | {"PYTHONPATH": str(ROOT)}
+    redis = [env.endpoints.redis_url, "1" if env.redis_cluster else "0"]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", ACQUIRER, redis_url, prefix, *map(str, args)],
+            [sys.executable, "-c", ACQUIRER, *redis, prefix, *map(str, args)],
             stdout=subprocess.PIPE,
-            env=env,
+            env=environ,
         )
         for _ in range(processes)
     ]
@@ -92,9 +92,7 @@ def _most_in_any_window(sends: list[float], costs: float = 1.0) -> float:
 
 
 async def test_processes_acquiring_together_never_exceed_the_request_limit(env: Env) -> None:
-    sends = await asyncio.to_thread(
-        _acquire_in_processes, env.endpoints.redis_url, env.prefix, 4, 1200, 0, 400, 1, 1
-    )
+    sends = await asyncio.to_thread(_acquire_in_processes, env, env.prefix, 4, 1200, 0, 400, 1, 1)
     assert len(sends) == 1600
     assert _most_in_any_window(sends) <= 1200
     first_minute = sum(1 for t in sends if t < sends[0] + WINDOW)
@@ -105,14 +103,14 @@ async def test_true_up_corrects_estimates_and_tokens_stay_within_the_limit(env: 
     # 60,000 tokens a minute. Each call reserves 1,000 tokens but uses 250: trued up, more fit
     # than the 60 the estimates alone allow, and no window holds more than the limit.
     over = await asyncio.to_thread(
-        _acquire_in_processes, env.endpoints.redis_url, env.prefix, 4, 0, 60_000, 100, 1000, 250
+        _acquire_in_processes, env, env.prefix, 4, 0, 60_000, 100, 1000, 250
     )
     assert _most_in_any_window(over, costs=250) <= 60_000
     assert sum(1 for t in over if t < over[0] + WINDOW) >= 100
     # each reserves 250 but uses 1,000: the charge pushes later calls back (about 60 fit)
     under = await asyncio.to_thread(
         _acquire_in_processes,
-        env.endpoints.redis_url,
+        env,
         env.prefix + "u",
         4,
         0,
@@ -199,7 +197,7 @@ async def test_true_up_setting_decides_what_a_call_is_charged(env: Env, true_up:
     """``PROMPTMILL_RATE_LIMIT_TRUE_UP``: after one call the tokens bucket holds what the
     provider meters, the prompt's real tokens + ``max_tokens`` (``prompt``, OpenAI's way) or
     the real total (``usage``)."""
-    redis = Redis.from_url(env.endpoints.redis_url)
+    redis = env.redis()
     limits = LimitTable({"promptmill-sim": Limit(tpm=60_000)})
     fleet = FleetState(redis, env.prefix, limits, FleetConfig())
     model = ModelClient(env.endpoints.sim_url, "sim")
