@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from processors.fleet import FleetState
+from processors.fleet.ticket import Ticket, estimate_tokens
 from processors.model import ModelClient
 from processors.templates.render import Renderer
 from schemas import Completion, ErrorCode, PromptmillError
@@ -89,12 +91,14 @@ class Classifier:
         ref: str,
         model: ModelClient,
         default_model: str,
+        fleet: FleetState,
     ) -> None:
         self._store = store
         self._renderer = renderer
         self._ref = ref
         self._model = model
         self._default_model = default_model
+        self._fleet = fleet
 
     async def classify(self, completion: Completion, size: int) -> Classification:
         """The verdict on ``completion`` (``size``: its record's size, which bounds the
@@ -110,7 +114,13 @@ class Classifier:
         }
         messages = await self._renderer.render(template, variables, size)
         model = template.model or self._default_model
-        reply = await self._model.complete(model, messages, template.params.as_request())
+        params = template.params
+        tokens = estimate_tokens(messages) + (
+            params.max_tokens or params.max_completion_tokens or 0
+        )
+        # the classifier spends the same model limits as the jobs it judges
+        ticket = Ticket(self._fleet, model, completion.tenant, tokens, None)
+        reply = await self._model.complete(model, messages, params.as_request(), ticket)
         flagged, categories, scores = parse_verdict(reply.text)
         return Classification(
             flagged,

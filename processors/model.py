@@ -19,6 +19,7 @@ import aiohttp
 import openai
 import orjson
 
+from processors.fleet.credentials import CredentialGuard
 from processors.fleet.state import ProviderFeedback
 from processors.retry import Backoff, parse_duration, retry_after_seconds
 from schemas import ChatMessage, ErrorCode, PromptmillError, Usage
@@ -66,6 +67,7 @@ class ModelClient:
         max_attempts: int = 6,
         backoff: Backoff | None = None,
         rate_limit_max_wait: float = 600.0,
+        guard: CredentialGuard | None = None,
     ) -> None:
         self._base_url = base_url
         self._api_key = api_key
@@ -73,6 +75,7 @@ class ModelClient:
         self._max_attempts = max_attempts
         self._backoff = backoff or Backoff()
         self._rate_limit_max_wait = rate_limit_max_wait
+        self._guard = guard  # without one, a rejected key is a model_error like any 4xx
         self._client: openai.AsyncOpenAI | None = None
 
     async def start(self) -> None:
@@ -117,14 +120,16 @@ class ModelClient:
         raw, body, attempt = await self._with_retries(send, gate)
         return _reply(body, attempt, started, feedback_from(raw.headers))
 
-    async def moderate(self, model: str | None, text: str) -> tuple[dict[str, Any], int]:
+    async def moderate(
+        self, model: str | None, text: str, gate: Gate | None = None
+    ) -> tuple[dict[str, Any], int]:
         """The provider's ``/v1/moderations`` answer for ``text``, and the attempts made."""
 
         async def send(client: openai.AsyncOpenAI) -> Any:
             extra = {"model": model} if model else {}
             return await client.moderations.with_raw_response.create(input=text, extra_body=extra)
 
-        _, body, attempt = await self._with_retries(send, None)
+        _, body, attempt = await self._with_retries(send, gate)
         if not isinstance(body, dict) or not body.get("results"):
             raise ModelCallError(
                 "moderation answer without results",
@@ -146,12 +151,17 @@ class ModelClient:
         limited_since: float | None = None
         while True:
             attempt += 1
+            if self._guard is not None:
+                await self._guard.wait_turn()  # the endpoint's credentials may be rejected
             if gate is not None:
                 await gate.admit(attempt)
             try:
                 raw = await send(self._client)
                 body = orjson.loads(raw.http_response.content)
             except openai.APIStatusError as exc:
+                if exc.status_code in (401, 403) and self._guard is not None:
+                    await self._guard.rejected(exc.status_code, _error_message(exc))
+                    continue  # the job waits for the key to work again; it does not fail
                 code, retriable = _classify_status(exc)
                 wait = retry_after_seconds(exc.response.headers) if retriable else None
                 error = f"HTTP {exc.status_code}: {_error_message(exc)}"
@@ -166,6 +176,8 @@ class ModelClient:
                 code, retriable, wait = ErrorCode.MODEL_ERROR, True, None
                 error = f"{type(exc).__name__}: {exc}"
             else:
+                if self._guard is not None:
+                    await self._guard.accepted()
                 return raw, body, attempt
             if code is ErrorCode.RATE_LIMIT_EXHAUSTED:
                 now = time.monotonic()

@@ -11,11 +11,14 @@ failures topic.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from pydantic import ValidationError
 
 from processors.classifier import Classifier
+from processors.fleet import FleetState
+from processors.fleet.ticket import Ticket
 from processors.model import ModelCallError, ModelClient
 from processors.runtime import InRecord, Outcome
 from processors.runtime.deadletters import About, DeadLetters
@@ -31,6 +34,9 @@ from schemas import (
 from schemas.validation import describe_validation_error
 from topics import TopicCatalog, TopicKind
 
+# the limits of the provider's moderation endpoint when no PROMPTMILL_MODERATION_MODEL names it
+MODERATION_LIMITS = "moderation"
+
 
 class ModerationProcessor:
     """Handles records of the completions topic."""
@@ -43,6 +49,7 @@ class ModerationProcessor:
         model: ModelClient,
         moderation_model: str | None,
         registry: Registry,
+        fleet: FleetState,
         classifier: Classifier | None = None,
     ) -> None:
         self._verdicts = catalog.name(TopicKind.MODERATION)
@@ -52,6 +59,7 @@ class ModerationProcessor:
         self._model = model
         self._moderation_model = moderation_model
         self._classifier = classifier
+        self._fleet = fleet
         self._counts = registry.counter(
             "promptmill_verdicts_total", "Completions checked, by verdict.", ("flagged",)
         )
@@ -100,7 +108,12 @@ class ModerationProcessor:
                 classifier=found.classifier,
                 attempts=found.attempts,
             )
-        body, attempts = await self._model.moderate(self._moderation_model, completion.text)
+        model = (
+            self._moderation_model or MODERATION_LIMITS
+        )  # its limits, from PROMPTMILL_MODEL_LIMITS
+        tokens = math.ceil(len(completion.text) / 4) + 4
+        ticket = Ticket(self._fleet, model, completion.tenant, tokens, None)
+        body, attempts = await self._model.moderate(self._moderation_model, completion.text, ticket)
         result = body["results"][0]
         return Verdict(
             **common,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -20,7 +19,7 @@ from pydantic import ValidationError
 
 from processors.cache import Coalescer, request_key
 from processors.fleet import FleetState
-from processors.fleet.ticket import Ticket
+from processors.fleet.ticket import Ticket, estimate_tokens
 from processors.model import ModelCallError, ModelClient, ModelReply
 from processors.pricing import Price, cost_usd
 from processors.prompt_metrics import PromptMetrics
@@ -48,11 +47,6 @@ log = logging.getLogger(__name__)
 
 class PromptTooLong(PromptmillError):
     code = ErrorCode.PROMPT_TOO_LONG
-
-
-def estimate_tokens(messages: list[ChatMessage]) -> int:
-    """A provider-neutral estimate: ~4 characters a token plus a few per message."""
-    return sum(math.ceil(len(m.content) / 4) + 4 for m in messages)
 
 
 @dataclass(frozen=True)

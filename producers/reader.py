@@ -24,12 +24,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import from_json
 
 from schemas import ErrorCode, PromptJob
 from schemas.jobs import ChatMessage, ModelParams, line_job_id
-from schemas.validation import describe_validation_error
+from schemas.validation import describe_validation_error, one_line
 
 CHAT_URL = "/v1/chat/completions"
 
@@ -87,20 +87,38 @@ class _Oversize:
 
 
 def _bounded_lines(stream: BinaryIO, limit: int) -> Iterator[tuple[int, bytes | _Oversize]]:
-    """(line number, line without its newline) -- or :class:`_Oversize` for a line whose
+    """(line number, line without its ending) -- or :class:`_Oversize` for a line whose
     content is over ``limit`` bytes, which is read past in chunks and never held whole."""
     number = 0
     while chunk := stream.readline(limit + 2):
         number += 1
-        line = chunk.rstrip(b"\r\n")
-        if len(line) <= limit:
+        line = _content(chunk)
+        if len(line) <= limit:  # then it is whole: a cut chunk holds limit + 1 bytes of it
             yield number, line
-            continue
-        digest, size, prefix = hashlib.sha256(chunk), len(chunk), chunk[:RAW_PREFIX_BYTES]
-        while not chunk.endswith(b"\n") and (chunk := stream.readline(1 << 20)):
-            digest.update(chunk)
-            size += len(chunk)
-        yield number, _Oversize(prefix, size, digest.hexdigest())
+        else:
+            yield number, _read_past(stream, chunk, limit)
+
+
+def _content(chunk: bytes) -> bytes:
+    """A line without its ending (``\\n`` or ``\\r\\n``)."""
+    return chunk.removesuffix(b"\n").removesuffix(b"\r")
+
+
+def _read_past(stream: BinaryIO, chunk: bytes, limit: int) -> _Oversize:
+    """An over-long line that starts with ``chunk``: a prefix, and the size and sha256 of
+    the whole line without its ending (whose ``\\r`` may end one chunk, its ``\\n`` the next)."""
+    prefix = chunk[: min(RAW_PREFIX_BYTES, limit + 1)]  # all of it the line's own bytes
+    digest, size, held = hashlib.sha256(), 0, b""
+    while chunk:
+        data = held + chunk
+        if data.endswith(b"\n"):
+            data, held, chunk = _content(data), b"", b""
+        else:
+            held = b"\r" if data.endswith(b"\r") else b""  # the ending, if a \n comes next
+            data, chunk = data[: len(data) - len(held)], stream.readline(1 << 20)
+        digest.update(data)
+        size += len(data)
+    return _Oversize(prefix, size, digest.hexdigest())
 
 
 class _JobLine(BaseModel):
@@ -134,8 +152,8 @@ def detect_format(path: Path) -> InputFormat:
             if isinstance(raw, _Oversize):
                 continue
             try:
-                data = orjson.loads(raw) if raw.strip() else None
-            except orjson.JSONDecodeError:
+                data = from_json(raw, allow_inf_nan=False) if raw.strip() else None
+            except ValueError:
                 continue
             if isinstance(data, dict):
                 return InputFormat.OPENAI_BATCH if "body" in data else InputFormat.PROMPTMILL
@@ -168,9 +186,12 @@ def read_jobs(
             if not raw.strip():
                 continue
             try:
-                data = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                yield LineError.of(number, ErrorCode.INVALID_JSON, f"invalid JSON: {exc}", raw)
+                # pydantic's parser, as the worker's: integers stay exact (orjson makes
+                # floats of those over 64 bits, and refuses those over a float's range)
+                data = from_json(raw, allow_inf_nan=False)
+            except ValueError as exc:
+                message = f"invalid JSON: {one_line(str(exc), 500)}"
+                yield LineError.of(number, ErrorCode.INVALID_JSON, message, raw)
                 continue
             if not isinstance(data, dict):
                 yield LineError.of(
@@ -198,7 +219,7 @@ def read_jobs(
                 code, message = describe_validation_error(exc)
                 yield LineError.of(number, code, message, raw, _custom_id(data))
             except ValueError as exc:
-                message = str(exc)[:1000]
+                message = one_line(str(exc), 1000)
                 yield LineError.of(number, ErrorCode.SCHEMA_ERROR, message, raw, _custom_id(data))
             else:
                 yield job
@@ -228,7 +249,10 @@ def _batch_fields(data: dict[str, Any]) -> dict[str, Any]:
             f"field url: only POST {CHAT_URL} is supported, got {line.method} {line.url}"
         )
     body = dict(line.body)
-    messages = [_flatten(i, m) for i, m in enumerate(body.pop("messages", None) or [])]
+    given = body.pop("messages", None) or []
+    if not isinstance(given, list):
+        raise ValueError("field body.messages: must be a list of messages")
+    messages = [_flatten(i, m) for i, m in enumerate(given)]
     if not messages:
         raise ValueError("field body.messages: a chat request needs messages")
     model = body.pop("model", None)

@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     model_backoff_base_seconds: float = Field(default=0.5, gt=0)
     model_backoff_max_seconds: float = Field(default=30.0, gt=0)
     max_prompt_tokens: int = Field(default=8192, ge=1)
+    model_auth_probe_seconds: float = Field(default=10.0, gt=0, le=3600)
     max_job_bytes: int = Field(default=1_000_000, ge=1024)
     batch_wait_seconds: float = Field(default=10.0, ge=0, le=3600)
     render_timeout_seconds: float = Field(default=2.0, gt=0, le=300)

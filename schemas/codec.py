@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from typing import TypeVar
 
 import orjson
 from pydantic import BaseModel
 
 M = TypeVar("M", bound=BaseModel)
+
+# Levels of objects and arrays a free-form value (a job's variables, metadata) may nest.
+# Well inside what every decoder reads back: pydantic's refuses a document nested deeper
+# than 200, and a record wraps the value in a level or two of its own.
+MAX_NESTING = 64
 
 
 def encode(record: BaseModel) -> bytes:
@@ -32,3 +38,50 @@ def loads(data: bytes | str) -> object:
 def dumps(value: object) -> bytes:
     """Serialise plain data to compact JSON bytes."""
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def json_problem(value: object, max_nesting: int = MAX_NESTING) -> str | None:
+    """Why ``value`` is not plain JSON that the codec carries unchanged, or ``None``.
+
+    Plain JSON is objects with string keys, arrays, strings (no lone surrogates), integers
+    of any size, finite floats, booleans and null, nested at most ``max_nesting`` levels
+    (``value`` itself is the first). Anything else would fail to encode (a surrogate, a
+    cycle), encode as something else (``inf`` as ``null``), or not decode again (nesting).
+    """
+    stack: list[tuple[object, int]] = [([value], 0)]
+    checked: dict[int, int] = {}  # container id -> the level it was checked at
+    while stack:
+        container, level = stack.pop()
+        if level > max_nesting:
+            return f"nested deeper than {max_nesting} levels"
+        if checked.get(id(container), -1) >= level:
+            continue  # shared (built in Python, never decoded): checked already
+        checked[id(container)] = level
+        if isinstance(container, dict):
+            if not all(type(key) is str and not _has_surrogate(key) for key in container):
+                return "an object key is not a string, or holds a lone surrogate"
+            children = container.values()
+        else:
+            children = container
+        for child in children:
+            if isinstance(child, str):
+                if _has_surrogate(child):
+                    return "a string holds a lone surrogate, which JSON cannot carry"
+            elif isinstance(child, dict | list):
+                stack.append((child, level + 1))
+            elif isinstance(child, float):
+                if not math.isfinite(child):
+                    return f"a number is {child}, which JSON cannot carry"
+            elif child is not None and not isinstance(child, int):  # bool is an int
+                return f"a {type(child).__name__} is not a JSON value"
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    if text.isascii():
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False

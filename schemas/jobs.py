@@ -10,14 +10,27 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from schemas.codec import json_problem
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 DEFAULT_LABEL = "production"
 INT32_MAX = 2**31 - 1
+
+
+def _plain_json(value: dict[str, Any]) -> dict[str, Any]:
+    if problem := json_problem(value):
+        raise ValueError(problem)
+    return value
+
+
+# A free-form object (variables, metadata): plain JSON only, so that a job built in Python
+# is one that encodes, and a decoded one re-encodes unchanged (1e400 decodes as inf).
+JsonObject = Annotated[dict[str, Any], AfterValidator(_plain_json)]
 
 
 class ChatMessage(BaseModel):
@@ -43,7 +56,7 @@ class ModelParams(BaseModel):
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    response_format: dict[str, Any] | None = None
+    response_format: JsonObject | None = None
     user: str | None = None
 
     def merged_over(self, base: ModelParams) -> ModelParams:
@@ -72,7 +85,7 @@ class TemplateRef(BaseModel):
             raise ValueError(f"invalid template name {name!r} in reference {ref!r}")
         if not at:
             return cls(name=name, label=DEFAULT_LABEL)
-        if selector.isdigit():
+        if selector.isascii() and selector.isdigit():  # not '²', which int() refuses
             return cls(name=name, version=int(selector))
         if not _NAME_RE.fullmatch(selector):
             raise ValueError(f"invalid version or label {selector!r} in reference {ref!r}")
@@ -95,12 +108,12 @@ class PromptJob(BaseModel):
     custom_id: str | None = Field(default=None, max_length=512)
     template: str | None = Field(default=None, max_length=300)
     template_version: int | None = Field(default=None, ge=1, le=INT32_MAX)
-    variables: dict[str, Any] = Field(default_factory=dict)
+    variables: JsonObject = Field(default_factory=dict)
     messages: list[ChatMessage] | None = None
     model: str | None = Field(default=None, min_length=1, max_length=256)
     params: ModelParams = Field(default_factory=ModelParams)
     cache: bool | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: JsonObject = Field(default_factory=dict)
     submitted_at: datetime | None = None
     source_line: int | None = Field(default=None, ge=0)
 

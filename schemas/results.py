@@ -41,7 +41,8 @@ class SourcePosition(BaseModel):
 class Completion(BaseModel):
     """A job's successful result, published to the completions topic."""
 
-    model_config = ConfigDict(extra="forbid")
+    # JSON has no inf or nan: refuse them here rather than write a null no consumer reads
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: Literal["completion"] = "completion"
     schema_version: Literal[1] = 1

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 
 from processors.fleet.state import FleetState, Lookup
+from schemas import ChatMessage
 
 JITTER = 0.25  # of the come-back time, so that a crowd told to come back does not return in step
+
+
+def estimate_tokens(messages: list[ChatMessage]) -> int:
+    """A provider-neutral estimate: ~4 characters a token plus a few per message."""
+    return sum(math.ceil(len(m.content) / 4) + 4 for m in messages)
 
 
 class Ticket:
@@ -15,7 +22,7 @@ class Ticket:
     retry, and tells the fleet about the provider's 429s."""
 
     def __init__(
-        self, fleet: FleetState, model: str, tenant: str, tokens: int, first: Lookup
+        self, fleet: FleetState, model: str, tenant: str, tokens: int, first: Lookup | None
     ) -> None:
         self._fleet = fleet
         self._model = model

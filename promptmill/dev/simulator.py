@@ -26,7 +26,7 @@ import logging
 import signal
 import uuid
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -68,6 +68,9 @@ class SimConfig(BaseModel):
     storm: bool = Field(
         False, description="While true, every generation request is answered 429 (a 429 storm)."
     )
+    auth_status: Literal[0, 401, 403] = Field(
+        0, description="While 401 or 403, every request is refused so (a revoked key)."
+    )
 
 
 @dataclass
@@ -79,6 +82,7 @@ class SimStats:
     completions: int = 0
     moderations: int = 0
     rate_limited: int = 0
+    rejected_auth: int = 0
     errors: int = 0
     timeouts: int = 0
     malformed: int = 0
@@ -118,8 +122,23 @@ class Simulator:
         """``POST /v1/completions``."""
         return await self._complete(request, chat=False)
 
+    def _refused(self) -> web.Response | None:
+        """The answer to every request while the credentials are "revoked"."""
+        if not self.config.auth_status:
+            return None
+        self.stats.rejected_auth += 1
+        if self.config.auth_status == 401:
+            message = "Incorrect API key provided: sk-****. (simulated)"
+            return error_response(
+                401, message, type_="invalid_request_error", code="invalid_api_key"
+            )
+        message = "You are not allowed to sample from this model (simulated)."
+        return error_response(403, message, type_="invalid_request_error", code="model_not_allowed")
+
     async def _complete(self, request: web.Request, *, chat: bool) -> web.Response:
         self.stats.requests += 1
+        if (refused := self._refused()) is not None:
+            return refused
         body = await _json_object(request)
         if isinstance(body, web.Response):
             return body
@@ -183,6 +202,8 @@ class Simulator:
     async def moderations(self, request: web.Request) -> web.Response:
         """``POST /v1/moderations``: flags inputs with words like "kill" or ``[[sim:flag]]``."""
         self.stats.requests += 1
+        if (refused := self._refused()) is not None:
+            return refused
         body = await _json_object(request)
         if isinstance(body, web.Response):
             return body

@@ -78,6 +78,8 @@ async def _env(
             "latency_ms": 5,
             "jitter_ms": 2,
             "rpm_limit": 0,
+            "auth_status": 0,
+            "storm": False,
             "tpm_limit": 0,
             "error_rate": 0,
             "timeout_rate": 0,

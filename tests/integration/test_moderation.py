@@ -117,3 +117,29 @@ async def _read(env: Env, kind: TopicKind, count: int, model: type[M]) -> list[M
         return list(seen.values())
     finally:
         await consumer.stop()
+
+
+@pytest.mark.parametrize("classifier", [False, True])
+async def test_moderation_spends_the_fleet_limits(env: Env, classifier: bool) -> None:
+    """Moderation calls (the endpoint's own limits) and classification calls (the chat
+    model's) go through the fleet's rate limits like the jobs' calls do: 12 verdicts under
+    a limit of 120 a minute (2 a second, a burst of 2) take at least 4 seconds."""
+    await env.push_templates(TEMPLATES)
+    model = "promptmill-sim" if classifier else "moderation"
+    text = "[[sim:reply=safe]]" if classifier else "a calm note"
+    completions = [
+        Completion(job_id=f"lim:{i}", batch_id="lim", tenant="t", model="m", text=f"{text} {i}")
+        for i in range(12)
+    ]
+    await _produce(env, completions)
+    extra = {"PROMPTMILL_MODERATION_TEMPLATE": "moderate"} if classifier else {}
+    env.start_worker(
+        "--processor",
+        "moderation",
+        PROMPTMILL_MODEL_LIMITS=f'{{"{model}": {{"rpm": 120}}}}',
+        PROMPTMILL_RATE_LIMIT_BURST_SECONDS="1",
+        **extra,
+    )
+    verdicts = await _read(env, TopicKind.MODERATION, 12, Verdict)
+    times = sorted(v.created_at.timestamp() for v in verdicts)
+    assert times[-1] - times[0] >= 4.0, times

@@ -59,7 +59,7 @@ async def test_sigterm_with_every_slot_parked_behind_a_rate_limit(env: Env, tmp_
     following.cancel()
     print(f"SIGTERM with 8 slots parked behind the rate limit: exited in {took:.1f} s")
     assert code == 0, worker.tail()
-    assert not_ready or took < 1  # /readyz said 503 while it drained
+    assert not_ready  # /readyz said 503 while it drained
     assert took < DRAIN + 5 < K8S_GRACE, worker.tail()
     log = worker.tail(200)
     assert "stop requested" in log and "still in flight after" in log

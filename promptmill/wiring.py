@@ -1,0 +1,181 @@
+"""Wiring: each processor and what it needs, built from the settings.
+
+Everything long-lived (Redis, the template registry, the render processes) is entered into
+the caller's ``AsyncExitStack`` and closed with it; every metric goes to the one registry
+the worker serves on ``/metrics``; the model client shares one credentials guard, whose
+pause makes the worker not ready.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from processors.batches import BatchTracker
+from processors.classifier import Classifier
+from processors.fleet import FleetState, LimitTable
+from processors.fleet.credentials import CredentialGuard
+from processors.fleet.state import FleetConfig
+from processors.model import ModelClient
+from processors.moderation import ModerationProcessor
+from processors.prompt_metrics import PromptMetrics
+from processors.prompts import PromptConfig, PromptProcessor
+from processors.reporting import ReportingConfig, ReportingProcessor
+from processors.retry import Backoff
+from processors.runtime import Processor
+from processors.runtime.metrics import Registry
+from processors.templates.pool import PoolConfig, RenderPool
+from processors.templates.render import Renderer
+from promptmill import app
+from promptmill.settings import Settings, SettingsError
+from topics import TopicKind
+from topics.batch_index import BatchIndex
+from topics.redis import RedisClient
+from topics.templates import TemplateRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Built:
+    """A processor and what the command reports about it."""
+
+    processor: Processor
+    guard: CredentialGuard | None = None  # its pause makes the worker not ready
+
+
+async def build(
+    name: str, settings: Settings, resources: AsyncExitStack, metrics: Registry
+) -> Built:
+    """The processor ``name`` (prompts, moderation, batches, reporting), ready to run."""
+    conn, catalog = app.kafka_connection(settings), app.catalog(settings)
+    prefix = settings.redis_key_prefix
+    if name == "batches":
+        redis = _required_redis(settings, resources)
+        return Built(BatchTracker(catalog, redis, prefix, BatchIndex(redis, prefix, conn, catalog)))
+    if name == "reporting":
+        redis = _required_redis(settings, resources)
+        config = ReportingConfig(
+            window_seconds=settings.report_window_seconds,
+            flush_seconds=settings.report_flush_seconds,
+        )
+        return Built(ReportingProcessor(conn, catalog, redis, prefix, config, metrics))
+    shared = _redis(settings, resources)
+    endpoint = app.model_endpoint(settings)
+    guard = CredentialGuard(shared, prefix, endpoint.base_url, settings.model_auth_probe_seconds)
+    _guard_metrics(metrics, guard)
+    model = ModelClient(
+        endpoint.base_url,
+        endpoint.api_key,
+        timeout=settings.model_timeout_seconds,
+        max_attempts=settings.model_max_attempts,
+        backoff=Backoff(settings.model_backoff_base_seconds, settings.model_backoff_max_seconds),
+        rate_limit_max_wait=settings.rate_limit_max_wait_seconds,
+        guard=guard,
+    )
+    fleet = _fleet(settings, shared)
+    if name == "moderation":
+        classifier = None
+        if settings.moderation_template:
+            registry = await _templates(settings, resources, metrics)
+            renderer = await _renderer(settings, resources)
+            ref = settings.moderation_template
+            classifier = Classifier(
+                registry.store, renderer, ref, model, endpoint.default_model, fleet
+            )
+        moderation = ModerationProcessor(
+            catalog, model, settings.moderation_model, metrics, fleet, classifier
+        )
+        return Built(moderation, guard)
+    registry = await _templates(settings, resources, metrics)
+    prompts = PromptProcessor(
+        catalog,
+        registry.store,
+        await _renderer(settings, resources),
+        model,
+        fleet,
+        PromptConfig(
+            default_model=endpoint.default_model,
+            max_prompt_tokens=settings.max_prompt_tokens,
+            max_job_bytes=settings.max_job_bytes,
+            cache_enabled=settings.cache_enabled,
+            completion_estimate=settings.completion_tokens_estimate,
+            true_up=settings.rate_limit_true_up,
+            cache_shared_across_tenants=settings.cache_shared_across_tenants,
+            prices=settings.model_prices,
+        ),
+        PromptMetrics(metrics),
+    )
+    return Built(prompts, guard)
+
+
+def _fleet(settings: Settings, redis: RedisClient | None) -> FleetState:
+    return FleetState(
+        redis,
+        settings.redis_key_prefix,
+        LimitTable(
+            settings.model_limits, settings.tenant_limits, settings.rate_limit_burst_seconds
+        ),
+        FleetConfig(
+            cache_ttl_seconds=settings.cache_ttl_seconds,
+            local_share=settings.rate_limit_local_share,
+            recovery_seconds=settings.rate_limit_recovery_seconds,
+        ),
+    )
+
+
+def _guard_metrics(metrics: Registry, guard: CredentialGuard) -> None:
+    metrics.gauge(
+        "promptmill_model_credentials_paused",
+        "1 while the model endpoint rejects the credentials and calls to it are paused.",
+        read=lambda: {(): float(guard.paused)},
+    )
+    metrics.counter(
+        "promptmill_model_credential_rejections_total",
+        "Calls the model endpoint answered 401 or 403 (they wait; they do not fail).",
+        read=lambda: {(): float(guard.rejections)},
+    )
+
+
+async def _renderer(settings: Settings, resources: AsyncExitStack) -> Renderer:
+    """The bounded renderer and its child processes (stopped on exit)."""
+    pool = RenderPool(
+        PoolConfig(
+            processes=settings.render_processes,
+            timeout=settings.render_timeout_seconds,
+            memory_mb=settings.render_memory_mb,
+            max_output=settings.render_max_output_bytes,
+        )
+    )
+    return await resources.enter_async_context(Renderer(pool))
+
+
+async def _templates(
+    settings: Settings, resources: AsyncExitStack, metrics: Registry
+) -> TemplateRegistry:
+    """The template registry, following the templates topic until exit."""
+    topic = app.catalog(settings).name(TopicKind.TEMPLATES)
+    registry = TemplateRegistry(app.kafka_connection(settings), topic)
+    metrics.counter(
+        "promptmill_template_records_skipped_total",
+        "Records of the templates topic that were not valid templates or labels (skipped).",
+        read=lambda: {(): float(registry.store.skipped)},
+    )
+    return await resources.enter_async_context(registry)
+
+
+def _redis(settings: Settings, resources: AsyncExitStack) -> RedisClient | None:
+    redis = app.redis(settings)
+    if redis is None:
+        log.warning("no Redis configured (REDIS_URL): running without cache or shared limits")
+        return None
+    resources.push_async_callback(redis.aclose)
+    return redis
+
+
+def _required_redis(settings: Settings, resources: AsyncExitStack) -> RedisClient:
+    redis = _redis(settings, resources)
+    if redis is None:
+        raise SettingsError("this processor needs Redis: set REDIS_URL or `promptmill dev up`")
+    return redis
