@@ -147,11 +147,11 @@ def test_limit_table_picks_model_default_and_tenant_buckets() -> None:
     )
     keys = [(s.key, kind, s.adaptive) for s, kind in table.buckets("pm", "big", "acme")]
     assert keys == [
-        ("pm:rl:model:big:req", "requests", True),
-        ("pm:rl:model:big:tok", "tokens", True),
-        ("pm:rl:tenant:acme:tok", "tokens", False),
+        ("pm:{rl}:model:big:req", "requests", True),
+        ("pm:{rl}:model:big:tok", "tokens", True),
+        ("pm:{rl}:tenant:acme:tok", "tokens", False),
     ]
-    assert [s.key for s, _ in table.buckets("pm", "small", "nobody")] == ["pm:rl:model:small:req"]
+    assert [s.key for s, _ in table.buckets("pm", "small", "nobody")] == ["pm:{rl}:model:small:req"]
 
 
 def test_provider_feedback_from_headers() -> None:

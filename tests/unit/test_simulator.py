@@ -191,6 +191,7 @@ async def test_stats_and_reset(sim: Sim) -> None:
         "completions": 1,
         "moderations": 0,
         "rate_limited": 0,
+        "rejected_auth": 0,
         "errors": 0,
         "timeouts": 0,
         "malformed": 0,
@@ -256,3 +257,16 @@ def test_fault_draws_follow_the_seed() -> None:
 
     assert run(7) == run(7)
     assert set(run(7)) == {"error", "timeout", "malformed", None}
+
+
+async def test_auth_status_refuses_every_request_like_a_revoked_key(sim: Sim) -> None:
+    await sim.admin("config", {"auth_status": 401})
+    with pytest.raises(openai.AuthenticationError) as revoked:
+        await sim.chat("hello")
+    assert revoked.value.code == "invalid_api_key"
+    await sim.admin("config", {"auth_status": 403})
+    with pytest.raises(openai.PermissionDeniedError):
+        await sim.client.moderations.create(input="x")
+    await sim.admin("config", {"auth_status": 0})
+    assert (await sim.chat("hello")).choices[0].message.content
+    assert (await sim.admin("stats"))["rejected_auth"] == 2
