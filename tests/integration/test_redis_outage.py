@@ -1,0 +1,71 @@
+"""Redis lost for 30 s in the middle of a 3,000-job batch with two workers: nothing is lost,
+the workers hold the rate limits at their local share meanwhile, and each logs the outage
+and the recovery once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from promptmill.dev.harness import Env, private_redis, start_redis, until, write_jsonl
+from schemas import Completion
+
+TEMPLATES = Path(__file__).parent / "templates"
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+RATE = 50.0  # the model's limit: 3,000 a minute
+LOCAL_SHARE = 0.5  # of it, per worker, while Redis is away
+OUTAGE = 30.0
+
+
+async def test_redis_lost_for_30_seconds_with_two_workers(env: Env, tmp_path: Path) -> None:
+    url, servers = await private_redis(tmp_path)
+    try:
+        await env.push_templates(TEMPLATES)
+        rows = [
+            {"template": "greet", "variables": {"who": f"o{i}"}, "cache": False}
+            for i in range(3000)
+        ]
+        batch = await env.submit(write_jsonl(tmp_path / "jobs.jsonl", rows))
+        limits = {"promptmill-sim": {"rpm": int(RATE * 60)}}
+        workers = [
+            env.start_worker(
+                REDIS_URL=url,
+                PROMPTMILL_MODEL_LIMITS=orjson.dumps(limits).decode(),
+                PROMPTMILL_RATE_LIMIT_LOCAL_SHARE=str(LOCAL_SHARE),
+            )
+            for _ in range(2)
+        ]
+        records, following = env.follow(batch)
+        await until(lambda: len(records) >= 400, *workers, within=60)
+        servers[-1].kill()  # Redis is lost, without a goodbye
+        servers[-1].wait(10)
+        lost_at = time.time()
+        await asyncio.sleep(OUTAGE)
+        servers.append(await start_redis(tmp_path, url))
+        back_at = time.time()
+        await asyncio.wait_for(following, 180)
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait(10)
+
+    assert len(records) == 3000
+    assert all(isinstance(r, Completion) for r in records.values())
+    done = sorted(r.created_at.timestamp() for r in records.values() if isinstance(r, Completion))
+    during = [t for t in done if lost_at + 2 <= t < back_at]  # the outage, once noticed
+    window = back_at - lost_at - 2
+    allowed = 2 * LOCAL_SHARE * RATE * window + 2 * LOCAL_SHARE * RATE  # + each worker's burst
+    print(
+        f"during the {OUTAGE:.0f} s outage: {len(during)} completions in {window:.0f} s "
+        f"({len(during) / window:.1f}/s; the two local shares allow {2 * LOCAL_SHARE * RATE:.0f}/s)"
+    )
+    assert len(during) <= allowed
+    assert len(during) >= 0.5 * allowed  # and the workers kept going
+    for worker in workers:
+        log = worker.tail(1000)
+        assert log.count("Redis unavailable") == 1, log
+        assert log.count("Redis answers again") == 1, log
