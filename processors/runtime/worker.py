@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from processors.runtime.fit import OutcomeTooLarge, shrink, size_of
 from processors.runtime.metrics import Registry
@@ -38,6 +38,7 @@ from topics.limits import TopicLimits
 
 log = logging.getLogger(__name__)
 MAX_REQUEST_SIZE = 64 * 1024 * 1024  # the client-side cap; each topic's own limit is fitted to
+FINAL_COMMIT_SECONDS = 10.0  # within Kubernetes' grace period after the drain
 
 
 class Processor(Protocol):
@@ -105,6 +106,7 @@ class Worker:
         self._committed: dict[TopicPartition, int] = {}
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._paused = False
+        self._committing: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._consumer: Any = None
         self._producer: Any = None
@@ -181,7 +183,7 @@ class Worker:
                     self._tasks[task] = tp
                     task.add_done_callback(self._tasks.pop)
             if time.monotonic() - last_commit >= self._config.commit_interval:
-                await self._commit()
+                self._commit_in_background()
                 last_commit = time.monotonic()
 
     def _pause(self, full: bool) -> None:
@@ -256,11 +258,10 @@ class Worker:
                 outcomes = await self._fit(record, outcomes)
                 continue
             except KafkaError as exc:
-                if (
-                    not getattr(exc, "retriable", False)
-                    and len(outcomes)
-                    and not any(o.dead_letter for o in outcomes)
-                ):
+                # aiokafka's KafkaTimeoutError (no broker took the record in time, e.g. while
+                # leaders move) carries no retriable flag, but trying again is what helps
+                retriable = getattr(exc, "retriable", False) or isinstance(exc, KafkaTimeoutError)
+                if not retriable and len(outcomes) and not any(o.dead_letter for o in outcomes):
                     log.error("cannot publish outcome of %s: %s", record.position, exc)
                     outcomes = await self._fit(record, [self._processor.dead_letter(record, exc)])
                     continue
@@ -271,6 +272,13 @@ class Worker:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _commit_in_background(self) -> None:
+        """Commit without holding up the loop: while the group coordinator moves (its broker
+        died), a commit waits for the new one, and fetching, pausing and seeing a stop
+        request must go on meanwhile. One commit at a time."""
+        if self._committing is None or self._committing.done():
+            self._committing = asyncio.create_task(self._commit(), name="commit")
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
         offsets = {}
@@ -287,7 +295,8 @@ class Worker:
         except KafkaError as exc:
             log.warning("commit failed (%s); will retry", exc)
             return
-        self._committed.update(offsets)
+        for tp, offset in offsets.items():
+            self._committed[tp] = max(offset, self._committed.get(tp, -1))
         self.stats.commits += 1
         self.metrics.commits.inc(processor=self._processor.name)
 
@@ -349,4 +358,9 @@ class Worker:
     async def _drain(self) -> None:
         await self._wait_tasks(None, self._config.drain_seconds)
         await self._cancel_tasks(None)
-        await self._commit()
+        if self._committing is not None:
+            await asyncio.wait([self._committing], timeout=FINAL_COMMIT_SECONDS)
+        try:
+            await asyncio.wait_for(self._commit(), FINAL_COMMIT_SECONDS)
+        except TimeoutError:
+            log.warning("the final commit did not finish in %.0f s; leaving", FINAL_COMMIT_SECONDS)
