@@ -129,7 +129,8 @@ class Client:
             batch_id=batch_id,
             run=run,
             tenant=tenant,
-            source=str(path),
+            # a file name that is not UTF-8 (bytes kept as surrogates) must still encode
+            source=str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
             input_format=fmt,
             on_progress=on_progress,
         )

@@ -92,33 +92,17 @@ def _bounded_lines(stream: BinaryIO, limit: int) -> Iterator[tuple[int, bytes | 
     number = 0
     while chunk := stream.readline(limit + 2):
         number += 1
-        line = _content(chunk)
-        if len(line) <= limit:  # then it is whole: a cut chunk holds limit + 1 bytes of it
+        # Only the ending (\n or \r\n) goes: a chunk cut at limit + 2 bytes keeps limit + 1
+        # (rstrip would shorten a cut "...\r\r" to the limit and split the line in two).
+        line = chunk.removesuffix(b"\n").removesuffix(b"\r")
+        if len(line) <= limit:
             yield number, line
-        else:
-            yield number, _read_past(stream, chunk, limit)
-
-
-def _content(chunk: bytes) -> bytes:
-    """A line without its ending (``\\n`` or ``\\r\\n``)."""
-    return chunk.removesuffix(b"\n").removesuffix(b"\r")
-
-
-def _read_past(stream: BinaryIO, chunk: bytes, limit: int) -> _Oversize:
-    """An over-long line that starts with ``chunk``: a prefix, and the size and sha256 of
-    the whole line without its ending (whose ``\\r`` may end one chunk, its ``\\n`` the next)."""
-    prefix = chunk[: min(RAW_PREFIX_BYTES, limit + 1)]  # all of it the line's own bytes
-    digest, size, held = hashlib.sha256(), 0, b""
-    while chunk:
-        data = held + chunk
-        if data.endswith(b"\n"):
-            data, held, chunk = _content(data), b"", b""
-        else:
-            held = b"\r" if data.endswith(b"\r") else b""  # the ending, if a \n comes next
-            data, chunk = data[: len(data) - len(held)], stream.readline(1 << 20)
-        digest.update(data)
-        size += len(data)
-    return _Oversize(prefix, size, digest.hexdigest())
+            continue
+        digest, size, prefix = hashlib.sha256(chunk), len(chunk), chunk[:RAW_PREFIX_BYTES]
+        while not chunk.endswith(b"\n") and (chunk := stream.readline(1 << 20)):
+            digest.update(chunk)
+            size += len(chunk)
+        yield number, _Oversize(prefix, size, digest.hexdigest())
 
 
 class _JobLine(BaseModel):

@@ -12,9 +12,9 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from schemas.codec import json_problem
+from schemas.codec import dumps, json_problem, refuse_lone_surrogates
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -33,6 +33,19 @@ def _plain_json(value: dict[str, Any]) -> dict[str, Any]:
 JsonObject = Annotated[dict[str, Any], AfterValidator(_plain_json)]
 
 
+def _request_json(value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        dumps(_plain_json(value))
+    except TypeError as exc:  # an integer over 64 bits
+        raise ValueError(f"{exc}, which a request to the model cannot carry") from None
+    return value
+
+
+# A free-form request field (response_format): what schemas.codec.dumps writes, as the
+# cache key does (orjson: integers within 64 bits).
+RequestObject = Annotated[dict[str, Any], AfterValidator(_request_json)]
+
+
 class ChatMessage(BaseModel):
     """One chat message in OpenAI's shape."""
 
@@ -41,6 +54,8 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str
     name: str | None = None
+
+    _encodable = field_validator("*")(refuse_lone_surrogates)
 
 
 class ModelParams(BaseModel):
@@ -56,8 +71,10 @@ class ModelParams(BaseModel):
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    response_format: JsonObject | None = None
+    response_format: RequestObject | None = None
     user: str | None = None
+
+    _encodable = field_validator("*")(refuse_lone_surrogates)
 
     def merged_over(self, base: ModelParams) -> ModelParams:
         """These parameters with ``base`` filling whatever is unset here."""
@@ -115,7 +132,9 @@ class PromptJob(BaseModel):
     cache: bool | None = None
     metadata: JsonObject = Field(default_factory=dict)
     submitted_at: datetime | None = None
-    source_line: int | None = Field(default=None, ge=0)
+    source_line: int | None = Field(default=None, ge=0, le=INT32_MAX)
+
+    _encodable = field_validator("*")(refuse_lone_surrogates)
 
     @model_validator(mode="after")
     def _template_xor_messages(self) -> Self:

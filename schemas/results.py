@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from schemas.codec import refuse_lone_surrogates
 from schemas.errors import ErrorCode
 
 
@@ -31,6 +32,8 @@ class SourcePosition(BaseModel):
     topic: str | None = None
     partition: int | None = None
     offset: int | None = None
+
+    _encodable = field_validator("*")(refuse_lone_surrogates)
 
     def __str__(self) -> str:
         if self.topic is not None:
@@ -64,6 +67,8 @@ class Completion(BaseModel):
     response_id: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=utcnow)
+
+    _encodable = field_validator("*")(refuse_lone_surrogates)
 
 
 class Stage(StrEnum):
@@ -103,6 +108,8 @@ class Failure(BaseModel):
     source: SourcePosition | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     failed_at: datetime = Field(default_factory=utcnow)
+
+    _encodable = field_validator("*")(refuse_lone_surrogates)
 
     @property
     def terminal(self) -> bool:

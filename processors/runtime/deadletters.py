@@ -19,6 +19,7 @@ import orjson
 
 from processors.runtime.records import InRecord, Outcome
 from schemas import ErrorCode, Failure, Header, PromptmillError, Stage, encode
+from schemas.codec import json_problem
 from schemas.headers import job_headers
 
 PAYLOAD_BYTES = 4096  # of the input kept in a dead letter
@@ -55,7 +56,7 @@ def job_id_of(record: InRecord) -> str:
 
 def _run_of(record: InRecord) -> int:
     value = record.header(Header.RUN)
-    return int(value) if value and value.isdigit() and len(value) < 10 else 1
+    return int(value) if value and value.isascii() and value.isdigit() and len(value) < 10 else 1
 
 
 def _header(record: InRecord, name: Header) -> str | None:
@@ -64,6 +65,8 @@ def _header(record: InRecord, name: Header) -> str | None:
 
 
 def _bounded_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    if problem := json_problem(metadata):  # nested too deep to read back, say
+        return {"promptmill_dropped": f"metadata is not plain JSON: {problem}"}
     try:
         size = len(orjson.dumps(metadata))
     except TypeError:  # not plain JSON (a huge integer, say): not worth keeping
@@ -71,6 +74,12 @@ def _bounded_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     if size <= METADATA_BYTES:
         return metadata
     return {"promptmill_dropped": f"metadata of {size:,} bytes"}
+
+
+def _bounded_message(message: str) -> str:
+    message = message if len(message) <= MESSAGE_CHARS else message[:MESSAGE_CHARS] + "…"
+    # an error's text can quote a str decoded with surrogateescape; JSON cannot carry those
+    return message.encode("utf-8", "replace").decode()
 
 
 @dataclass(frozen=True)
@@ -101,7 +110,7 @@ class DeadLetters:
             tenant=about.tenant or _header(record, Header.TENANT),
             custom_id=about.custom_id,
             code=code,
-            message=message if len(message) <= MESSAGE_CHARS else message[:MESSAGE_CHARS] + "…",
+            message=_bounded_message(message),
             retriable=retriable,
             attempts=attempts,
             template=about.template,
