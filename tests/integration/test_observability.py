@@ -9,10 +9,12 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 
-from promptmill.dev.harness import Env, wait_ready, write_jsonl
+from promptmill.dev.harness import Env, scrape, wait_ready, write_jsonl
 from promptmill.dev.processes import free_port
-from schemas import Completion, Failure
+from schemas import Completion, Failure, encode
+from topics import TopicKind
 
 TEMPLATES = Path(__file__).parent / "templates"
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -77,3 +79,42 @@ def _parse(text: str) -> dict[str, float]:
             assert match, line
             series[match[1]] = float(match[2])
     return series
+
+
+async def test_reporting_metrics_reach_the_workers_metrics_endpoint(env: Env) -> None:
+    """The reporting processor's own series once went to a private registry that nothing
+    served; every metric a worker keeps is on its /metrics."""
+    port = free_port()
+    env.start_worker(
+        "--processor",
+        "reporting",
+        PROMPTMILL_METRICS_PORT=str(port),
+        PROMPTMILL_REPORT_FLUSH_SECONDS="0.2",
+    )
+    base = f"http://127.0.0.1:{port}"
+    await wait_ready(base)
+    completions = [
+        Completion(job_id=f"rm:{i}", batch_id="rm", tenant="t", model="m", text="x")
+        for i in range(5)
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=env.endpoints.bootstrap, acks="all")
+    await producer.start()
+    try:
+        for completion in completions + completions[:2]:  # two repeats
+            await producer.send_and_wait(
+                env.catalog.name(TopicKind.COMPLETIONS), encode(completion), key=b"rm"
+            )
+    finally:
+        await producer.stop()
+    series: dict[str, float] = {}
+    for _ in range(100):
+        series = await scrape(base)
+        if series.get('promptmill_report_records_total{counted="false"}') == 2 and series.get(
+            "promptmill_report_windows_published_total"
+        ):
+            break
+        await asyncio.sleep(0.1)
+    assert series['promptmill_report_records_total{counted="true"}'] == 5, series
+    assert series['promptmill_report_records_total{counted="false"}'] == 2
+    assert series["promptmill_report_windows_published_total"] >= 1
+    assert series['promptmill_job_duration_seconds_count{processor="reporting"}'] == 7
