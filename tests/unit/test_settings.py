@@ -231,3 +231,13 @@ def test_kafka_connection_options() -> None:
     assert isinstance(tls["ssl_context"], ssl.SSLContext)
     assert tls["ssl_context"].verify_mode is ssl.CERT_REQUIRED
     assert "sasl_mechanism" not in tls
+
+
+def test_every_setting_is_in_the_readme_table() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = {
+        line.split("|")[1].strip(" `")
+        for line in readme.splitlines()
+        if line.startswith("| `PROMPTMILL_")
+    }
+    assert {f"PROMPTMILL_{name.upper()}" for name in Settings.model_fields} <= rows
