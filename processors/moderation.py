@@ -125,7 +125,7 @@ class ModerationProcessor:
         )
 
     def dead_letter(self, record: InRecord, error: BaseException) -> Outcome:
-        return self._dead.of_error(record, error, _about(_completion_of(record)))
+        return self._dead.of_error(record, error, About.of(_completion_of(record)))
 
     def _failure(
         self,
@@ -135,7 +135,7 @@ class ModerationProcessor:
         message: str,
         attempts: int = 0,
     ) -> Outcome:
-        about = _about(completion)
+        about = About.of(completion)
         return self._dead.outcome(record, code, f"moderation: {message}", about, attempts=attempts)
 
 
@@ -144,17 +144,3 @@ def _completion_of(record: InRecord) -> Completion | None:
         return Completion.model_validate_json(record.value or b"")
     except ValidationError:
         return None
-
-
-def _about(completion: Completion | None) -> About:
-    if completion is None:
-        return About()
-    return About(
-        job_id=completion.job_id,
-        batch_id=completion.batch_id,
-        tenant=completion.tenant,
-        custom_id=completion.custom_id,
-        template=completion.template,
-        template_version=completion.template_version,
-        model=completion.model,
-    )

@@ -251,19 +251,7 @@ class PromptProcessor:
         )
 
     def _about(self, job: PromptJob | None) -> About:
-        if job is None:
-            return About()
-        return About(
-            job_id=job.job_id,
-            batch_id=job.batch_id,
-            run=job.run,
-            tenant=job.tenant,
-            custom_id=job.custom_id,
-            template=job.template,
-            template_version=job.template_version,
-            model=self._model_of(job),
-            metadata=job.metadata,
-        )
+        return About.of(job, self._model_of(job) if job else None)
 
     def _model_of(self, job: PromptJob) -> str:
         """The model a job is (or would have been) sent to, for its failure record."""

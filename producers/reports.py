@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from schemas import WindowReport, decode
 from schemas.reports import merge_histograms, percentile
 from topics import KafkaConnection, TopicCatalog, TopicKind
-from topics.partitions import topic_partitions
+from topics.partitions import read_to_end, topic_partitions
 
 DIMENSIONS = ("tenant", "template", "model")
 SKEW = timedelta(minutes=5)  # report records are stamped after their window starts
@@ -50,15 +50,13 @@ async def read_reports(
                 hit = found.get(tp)
                 consumer.seek(tp, hit.offset if hit is not None else ends[tp])
         latest: dict[str, WindowReport] = {}
-        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            for records in (await consumer.getmany(timeout_ms=500, max_records=5000)).values():
-                for record in records:
-                    report = _report(record.value)
-                    if report is None:
-                        continue
-                    known = latest.get(report.key)
-                    if known is None or report.revision > known.revision:
-                        latest[report.key] = report
+        async for record in read_to_end(consumer, tps, ends):
+            report = _report(record.value)
+            if report is None:
+                continue
+            known = latest.get(report.key)
+            if known is None or report.revision > known.revision:
+                latest[report.key] = report
     finally:
         await consumer.stop()
     reports = sorted(latest.values(), key=lambda r: (r.window_start, r.key))

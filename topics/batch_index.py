@@ -27,7 +27,7 @@ from schemas import BatchDone, BatchManifest, PromptmillError, decode
 from schemas.batches import batch_record
 from topics.catalog import TopicCatalog, TopicKind
 from topics.connection import KafkaConnection
-from topics.partitions import topic_partitions
+from topics.partitions import read_to_end, topic_partitions
 from topics.redis import LuaScript, RedisClient, tagged
 
 TTL_SECONDS = 30 * 24 * 3600  # the batches topic's default retention
@@ -177,21 +177,16 @@ async def scan_partition(
         tp = TopicPartition(tps[0].topic, (murmur2(key) & 0x7FFFFFFF) % len(tps))
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
         manifest: BatchManifest | None = None
         done: BatchDone | None = None
-        while await consumer.position(tp) < end:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                for record in records:
-                    if record.key != key or not record.value:
-                        continue
-                    found = batch_record(record.value)
-                    if isinstance(found, BatchManifest):
-                        manifest = found
-                    elif isinstance(found, BatchDone) and (
-                        manifest is None or found.run == manifest.run
-                    ):
-                        done = found
+        async for record in read_to_end(consumer, [tp]):
+            if record.key != key or not record.value:
+                continue
+            found = batch_record(record.value)
+            if isinstance(found, BatchManifest):
+                manifest = found
+            elif isinstance(found, BatchDone) and (manifest is None or found.run == manifest.run):
+                done = found
         return manifest, done
     finally:
         await consumer.stop()

@@ -25,12 +25,12 @@ import contextlib
 import logging
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
 from schemas import ErrorCode, LabelRecord, PromptmillError, Template, TemplateRef, decode
 from topics.connection import KafkaConnection
-from topics.partitions import topic_partitions
+from topics.partitions import read_to_end, topic_partitions
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +154,8 @@ class TemplateRegistry:
             tps = await topic_partitions(self._consumer, self._topic)
             self._consumer.assign(tps)
             await self._consumer.seek_to_beginning(*tps)
-            ends = await self._consumer.end_offsets(tps)  # the last stable offsets
-            while await self._behind(tps, ends):
-                await self._poll(timeout_ms=500)
+            async for record in read_to_end(self._consumer, tps):  # to the last stable offsets
+                self.store.apply(record.key, record.value)
         except BaseException:
             await self._consumer.stop()
             self._consumer = None
@@ -175,12 +174,6 @@ class TemplateRegistry:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
-
-    async def _behind(self, tps: list[TopicPartition], ends: dict[TopicPartition, int]) -> bool:
-        for tp in tps:
-            if await self._consumer.position(tp) < ends[tp]:
-                return True
-        return False
 
     async def _poll(self, timeout_ms: int) -> None:
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=1000)

@@ -18,7 +18,16 @@ from typing import Any
 import orjson
 
 from processors.runtime.records import InRecord, Outcome
-from schemas import ErrorCode, Failure, Header, PromptmillError, Stage, encode
+from schemas import (
+    Completion,
+    ErrorCode,
+    Failure,
+    Header,
+    PromptJob,
+    PromptmillError,
+    Stage,
+    encode,
+)
 from schemas.codec import json_problem
 from schemas.headers import job_headers
 
@@ -42,6 +51,23 @@ class About:
     template_version: int | None = None
     model: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, record: PromptJob | Completion | None, model: str | None = None) -> About:
+        """What a job (or its completion) says of itself; ``model`` if the record has none."""
+        if record is None:
+            return cls()
+        return cls(
+            job_id=record.job_id,
+            batch_id=record.batch_id,
+            run=record.run,
+            tenant=record.tenant,
+            custom_id=record.custom_id,
+            template=record.template,
+            template_version=record.template_version,
+            model=record.model or model,
+            metadata=record.metadata,
+        )
 
 
 def job_id_of(record: InRecord) -> str:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 LabelValues = tuple[str, ...]
+Read = Callable[[], dict[LabelValues, float]]
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -57,7 +59,7 @@ class Counter(_Metric):
         name: str,
         help_: str,
         labels: Iterable[str] = (),
-        read: Callable[[], dict[LabelValues, float]] | None = None,
+        read: Read | None = None,
     ) -> None:
         super().__init__(name, help_, labels)
         self._values: dict[LabelValues, float] = {}
@@ -86,7 +88,7 @@ class Gauge(_Metric):
         name: str,
         help_: str,
         labels: Iterable[str] = (),
-        read: Callable[[], dict[LabelValues, float]] | None = None,
+        read: Read | None = None,
     ) -> None:
         super().__init__(name, help_, labels)
         self._values: dict[LabelValues, float] = {}
@@ -140,39 +142,32 @@ class Histogram(_Metric):
         return lines
 
 
+M = TypeVar("M", bound=_Metric)
+
+
 class Registry:
     """The metrics of one process."""
 
     def __init__(self) -> None:
         self._metrics: dict[str, _Metric] = {}
 
-    def _add(self, metric: _Metric) -> _Metric:
+    def _add(self, metric: M) -> M:
         if metric.name in self._metrics:
             raise ValueError(f"metric {metric.name} registered twice")
         self._metrics[metric.name] = metric
         return metric
 
     def counter(
-        self,
-        name: str,
-        help_: str,
-        labels: Iterable[str] = (),
-        read: Callable[[], dict[LabelValues, float]] | None = None,
+        self, name: str, help_: str, labels: Iterable[str] = (), read: Read | None = None
     ) -> Counter:
-        metric = Counter(name, help_, labels, read)
-        self._add(metric)
-        return metric
+        """A counter (``read``: its values are kept elsewhere, read at scrape time)."""
+        return self._add(Counter(name, help_, labels, read))
 
     def gauge(
-        self,
-        name: str,
-        help_: str,
-        labels: Iterable[str] = (),
-        read: Callable[[], dict[LabelValues, float]] | None = None,
+        self, name: str, help_: str, labels: Iterable[str] = (), read: Read | None = None
     ) -> Gauge:
-        metric = Gauge(name, help_, labels, read)
-        self._add(metric)
-        return metric
+        """A gauge (``read``: computed at scrape time)."""
+        return self._add(Gauge(name, help_, labels, read))
 
     def histogram(
         self,

@@ -30,6 +30,8 @@ from topics.batch_index import BatchIndex
 from topics.redis import RedisClient, connect_redis
 
 ROOT = Path(__file__).resolve().parents[2]  # the source tree (workers run from it)
+# where the Kafka jars are cached (fetched once from Maven Central)
+CACHE_DIR = Path(os.environ.get("PROMPTMILL_CACHE_DIR", Path.home() / ".cache" / "promptmill"))
 PARTITIONS = {"jobs": 4, "completions": 2, "failures": 2, "batches": 1}
 
 

@@ -27,7 +27,7 @@ from types import TracebackType
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from promptmill.dev.processes import STOP_TIMEOUT_S, StackError, free_port, serve, stop
+from promptmill.dev.processes import STOP_TIMEOUT_S, StackError, free_ports, serve, stop
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +42,6 @@ def _executable(name: str) -> str:
     if path is None:
         raise StackError(f"{name} not found; install it with `apt-get install redis-server`")
     return path
-
-
-def _distinct_free_ports(count: int) -> list[int]:
-    """``count`` different loopback ports, each free a moment ago."""
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-    return ports
 
 
 @dataclass
@@ -201,7 +191,7 @@ async def start_redis_cluster(directory: Path, masters: int = 3) -> RedisCluster
         raise ValueError("redis-cli --cluster create needs at least 3 masters")
     started = time.monotonic()
     cluster = RedisCluster(directory)
-    ports = _distinct_free_ports(2 * masters)
+    ports = free_ports(2 * masters)
     for port, bus in zip(ports[:masters], ports[masters:], strict=True):
         cluster.nodes.append(NodeProcess(port, bus, directory / f"node-{port}"))
     try:

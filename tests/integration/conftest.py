@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from promptmill.dev.harness import Endpoints, Env, sim_call
+from promptmill.dev.cluster import KafkaNode, bootstrap_servers, start_cluster, stop_cluster
+from promptmill.dev.harness import CACHE_DIR, Endpoints, Env, sim_call
 from promptmill.dev.redis_cluster import start_redis_cluster
 from promptmill.dev.stack import down, up
-
-CACHE_DIR = Path(os.environ.get("PROMPTMILL_CACHE_DIR", Path.home() / ".cache" / "promptmill"))
 
 
 @pytest.fixture(scope="session")
@@ -65,9 +65,32 @@ async def env(endpoints: Endpoints, tmp_path: Path) -> AsyncIterator[Env]:
         yield test_env
 
 
+@pytest.fixture
+def kafka_cluster(tmp_path: Path) -> Iterator[list[KafkaNode]]:
+    """A 3-node Kafka cluster of the test's own; a test that restarts a node replaces its
+    entry in the list in place, so the fixture stops what runs at the end."""
+    started = time.monotonic()
+    nodes = start_cluster(CACHE_DIR, tmp_path / "kafka", 3)
+    print(f"3-node cluster up in {time.monotonic() - started:.1f}s")
+    try:
+        yield nodes
+    finally:
+        stop_cluster(nodes)
+
+
+@pytest.fixture
+async def failover_env(
+    endpoints: Endpoints, kafka_cluster: list[KafkaNode], tmp_path: Path
+) -> AsyncIterator[Env]:
+    """Like ``env``, on the 3-node cluster: topics with three replicas, two in sync."""
+    on_cluster = Endpoints(bootstrap_servers(kafka_cluster), endpoints.redis_url, endpoints.sim_url)
+    async with _env(on_cluster, tmp_path, replication=3) as test_env:
+        yield test_env
+
+
 @contextlib.asynccontextmanager
 async def _env(
-    endpoints: Endpoints, tmp_path: Path, *, redis_cluster: bool = False
+    endpoints: Endpoints, tmp_path: Path, *, redis_cluster: bool = False, replication: int = 1
 ) -> AsyncIterator[Env]:
     await sim_call(endpoints.sim_url, "POST", "/sim/reset")
     await sim_call(
@@ -86,7 +109,13 @@ async def _env(
             "malformed_rate": 0,
         },
     )
-    test_env = Env(endpoints, f"t{uuid.uuid4().hex[:10]}", tmp_path, redis_cluster=redis_cluster)
+    test_env = Env(
+        endpoints,
+        f"t{uuid.uuid4().hex[:10]}",
+        tmp_path,
+        redis_cluster=redis_cluster,
+        replication=replication,
+    )
     await test_env.setup_topics()
     try:
         yield test_env

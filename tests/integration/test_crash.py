@@ -15,7 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from promptmill.dev.harness import Env, sim_call, write_jsonl
 from schemas import Completion
 from topics import ConsumerGroup, TopicKind
-from topics.partitions import topic_partitions
+from topics.partitions import read_to_end, topic_partitions
 
 TEMPLATES = Path(__file__).parent / "templates"
 JOBS = 3000
@@ -67,12 +67,12 @@ async def _count_terminal_records(env: Env, batch: str) -> int:
         tps = await topic_partitions(consumer, env.catalog.name(TopicKind.COMPLETIONS))
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        count = 0
-        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                count += sum(dict(r.headers).get("pm-batch-id") == batch.encode() for r in records)
-        return count
+        return sum(
+            [
+                dict(r.headers).get("pm-batch-id") == batch.encode()
+                async for r in read_to_end(consumer, tps)
+            ]
+        )
     finally:
         await consumer.stop()
 

@@ -15,13 +15,10 @@ import bisect
 import contextlib
 import itertools
 import math
-import os
 import re
 import statistics
 import time
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -32,21 +29,18 @@ from aiokafka.errors import KafkaError
 
 from promptmill.dev.cluster import (
     KafkaNode,
-    bootstrap_servers,
     kill_node,
     restart_node,
-    start_cluster,
-    stop_cluster,
 )
-from promptmill.dev.harness import Endpoints, Env, WorkerProcess, sim_call, until, write_jsonl
+from promptmill.dev.harness import CACHE_DIR as CACHE
+from promptmill.dev.harness import Env, WorkerProcess, until, write_jsonl
 from schemas import Completion, Failure, Header, decode
 from topics import ConsumerGroup, TopicKind
 from topics.lag import group_lag
-from topics.partitions import topic_partitions
+from topics.partitions import read_to_end, topic_partitions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
-CACHE = Path(os.environ.get("PROMPTMILL_CACHE_DIR", Path.home() / ".cache" / "promptmill"))
 TEMPLATES = Path(__file__).parent / "templates"
 JOBS = 5000
 WORKERS = 2
@@ -61,52 +55,10 @@ COMMITTED_WITHIN_S = 60.0
 _ASSIGNMENT = re.compile(r"partitions (assigned|revoked): (\[.*\])")
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[list[KafkaNode]]:
-    """Three nodes; a test that restarts one replaces its entry in place."""
-    started = time.monotonic()
-    nodes = start_cluster(CACHE, tmp_path / "kafka", 3)
-    print(f"3-node cluster up in {time.monotonic() - started:.1f}s")
-    try:
-        yield nodes
-    finally:
-        stop_cluster(nodes)
-
-
-@pytest.fixture
-async def cluster_env(
-    endpoints: Endpoints, cluster: list[KafkaNode], tmp_path: Path
-) -> AsyncIterator[Env]:
-    """Like ``env``, on the cluster: topics with three replicas, the simulator reset."""
-    await sim_call(endpoints.sim_url, "POST", "/sim/reset")
-    await sim_call(
-        endpoints.sim_url,
-        "POST",
-        "/sim/config",
-        {
-            "latency_ms": 5,
-            "jitter_ms": 2,
-            "rpm_limit": 0,
-            "tpm_limit": 0,
-            "error_rate": 0,
-            "timeout_rate": 0,
-            "malformed_rate": 0,
-        },
-    )
-    on_cluster = Endpoints(bootstrap_servers(cluster), endpoints.redis_url, endpoints.sim_url)
-    env = Env(on_cluster, f"f{uuid.uuid4().hex[:10]}", tmp_path, replication=3)
-    await env.setup_topics()
-    try:
-        yield env
-    finally:
-        for worker in env.workers:
-            worker.terminate(timeout=15)
-
-
 async def test_killed_broker_loses_no_job_and_throughput_recovers(
-    cluster_env: Env, cluster: list[KafkaNode], tmp_path: Path
+    failover_env: Env, kafka_cluster: list[KafkaNode], tmp_path: Path
 ) -> None:
-    env, began = cluster_env, time.monotonic()
+    env, cluster, began = failover_env, kafka_cluster, time.monotonic()
     await env.push_templates(TEMPLATES)
     jobs = write_jsonl(
         tmp_path / "jobs.jsonl",
@@ -244,18 +196,15 @@ async def _terminal_records(env: Env, batch: str) -> tuple[list[Completion], lis
             tps += await topic_partitions(consumer, env.catalog.name(kind))
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
         completions: list[Completion] = []
         failures: list[Failure] = []
-        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            for tp, rows in (await consumer.getmany(timeout_ms=500)).items():
-                for row in rows:
-                    if dict(row.headers).get(Header.BATCH_ID.value) != batch.encode():
-                        continue
-                    if tp.topic == env.catalog.name(TopicKind.COMPLETIONS):
-                        completions.append(decode(row.value, Completion))
-                    else:
-                        failures.append(decode(row.value, Failure))
+        async for row in read_to_end(consumer, tps):
+            if dict(row.headers).get(Header.BATCH_ID.value) != batch.encode():
+                continue
+            if row.topic == env.catalog.name(TopicKind.COMPLETIONS):
+                completions.append(decode(row.value, Completion))
+            else:
+                failures.append(decode(row.value, Failure))
         return completions, failures
     finally:
         await consumer.stop()

@@ -20,7 +20,7 @@ from promptmill.dev.processes import free_port
 from schemas import ChatMessage, Completion, ErrorCode, Failure, Template
 from schemas.templates import TemplateBody
 from topics import TopicKind
-from topics.partitions import topic_partitions
+from topics.partitions import read_to_end, topic_partitions
 
 TEMPLATES = Path(__file__).parent / "templates"
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -108,14 +108,11 @@ async def _committed_versions(env: Env) -> dict[str, set[str]]:
         tps = await topic_partitions(consumer, env.catalog.name(TopicKind.TEMPLATES))
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
         seen: dict[str, set[str]] = {}
-        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                for record in batch:
-                    if record.key.startswith(b"version:") and record.value:
-                        template = Template.model_validate_json(record.value)
-                        seen.setdefault(record.key.decode(), set()).add(template.content_hash)
+        async for record in read_to_end(consumer, tps):
+            if record.key.startswith(b"version:") and record.value:
+                template = Template.model_validate_json(record.value)
+                seen.setdefault(record.key.decode(), set()).add(template.content_hash)
         return seen
     finally:
         await consumer.stop()

@@ -27,11 +27,12 @@ from promptmill.dev.cluster import (
     start_cluster,
     stop_cluster,
 )
+from promptmill.dev.harness import CACHE_DIR as CACHE
 from promptmill.dev.stack import load_stack
+from topics.partitions import read_to_end
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-CACHE = Path(os.environ.get("PROMPTMILL_CACHE_DIR", Path.home() / ".cache" / "promptmill"))
 ROOT = Path(__file__).resolve().parents[2]
 TOPIC = "failover"
 PARTITIONS = 3
@@ -77,12 +78,7 @@ async def _read_all(bootstrap: str) -> list[int]:
         tps = [TopicPartition(TOPIC, p) for p in range(PARTITIONS)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        numbers: list[int] = []
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            batches = await consumer.getmany(*tps, timeout_ms=1000)
-            numbers += [int(r.value) for records in batches.values() for r in records]
-        return numbers
+        return [int(r.value) async for r in read_to_end(consumer, tps)]
     finally:
         await consumer.stop()
 

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from promptmill.dev.harness import Env
+from promptmill.dev.harness import CACHE_DIR, Env
 from promptmill.dev.kafka import fetch_kafka, kafka_tool_command, render_log4j
-from tests.integration.conftest import CACHE_DIR
 from topics import TopicKind
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

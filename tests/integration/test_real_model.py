@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from promptmill.dev.harness import Env, write_jsonl
+from promptmill.dev.harness import CACHE_DIR, Env, write_jsonl
 from promptmill.dev.stack import up
 from schemas import Completion
-from tests.integration.conftest import CACHE_DIR
 
 TEMPLATES = Path(__file__).parent / "templates"
 pytestmark = [
