@@ -131,6 +131,16 @@ async def measure(
                     result["redis_round_trips_per_job"] <= 2,
                 )
             )
+    result = await scenarios.render_paths(int(5000 * scale))
+    raw["render_paths"] = result
+    rows.append(
+        Row(
+            "template renders per second: linear inline / with a loop in the render processes",
+            f"{result['inline_per_s']:.0f} / {result['pooled_per_s']:.0f}",
+            "(reported)",
+            None,
+        )
+    )
     result = await scenarios.memory_in_flight(endpoints, workdir, 1000)
     raw["memory"] = result
     rows.append(

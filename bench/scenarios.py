@@ -14,8 +14,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench import loops
+from processors.templates.pool import PoolConfig, RenderPool
+from processors.templates.render import Renderer
 from promptmill.dev.harness import Endpoints, Env, sim_call, write_jsonl
-from schemas import Completion, Header, PromptJob, decode
+from schemas import ChatMessage, Completion, Header, PromptJob, Template, decode
+from schemas.templates import TemplateBody
 from topics import TopicKind
 from topics.partitions import topic_partitions
 
@@ -226,3 +229,30 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+async def render_paths(count: int) -> dict[str, float]:
+    """Renders per second: a linear template inline on the event loop, and a template with a
+    loop in the child processes (64 at a time, as concurrent jobs would)."""
+
+    def template(source: str) -> Template:
+        body = TemplateBody(name="b", messages=[ChatMessage(role="user", content=source)])
+        return Template(**body.model_dump(), version=1, content_hash=body.compute_hash())
+
+    linear = template("Summarize {{ text|trim }} in {{ lang|default('en') }}.")
+    looping = template("{% for w in words %}{{ w }} {% endfor %}")
+    async with Renderer(RenderPool(PoolConfig(processes=2))) as renderer:
+        started = time.perf_counter()
+        for i in range(count):
+            await renderer.render(linear, {"text": f"text {i}", "lang": "fr"}, 200)
+        inline = count / (time.perf_counter() - started)
+        started = time.perf_counter()
+        for chunk in range(0, count, 64):
+            await asyncio.gather(
+                *(
+                    renderer.render(looping, {"words": ["a", "b", str(i)]}, 200)
+                    for i in range(chunk, min(chunk + 64, count))
+                )
+            )
+        pooled = count / (time.perf_counter() - started)
+    return {"inline_per_s": inline, "pooled_per_s": pooled}
