@@ -1,10 +1,13 @@
 """FleetState: the response cache and the rate limits, shared by every worker in Redis.
 
-Per job it costs at most two Redis round trips: one script call that looks the request
-up in the cache and, on a miss, reserves its send time in every bucket it must pass
-(model requests/tokens per minute, tenant quota); and one pipelined call that stores the
-answer and trues up the token reservation with the real ``usage``. Retries after 429s
-reserve again and slow the whole fleet (see :mod:`processors.fleet.gcra`).
+Per job it costs at most three Redis calls, each batched with the other jobs' calls of the
+same moment into one pipelined round trip: a cache lookup (for a cacheable request); on a
+miss, one script call that reserves its send time in every bucket it must pass (model
+requests/tokens per minute, tenant quota); and one pipelined call that stores the answer
+and trues up the token reservation with the real ``usage``. The lookup and the reservation
+are separate calls so that each touches one hash slot (Redis Cluster): the cache spreads
+over the cluster, the limits share one slot. Retries after 429s reserve again and slow the
+whole fleet (see :mod:`processors.fleet.gcra`).
 
 When Redis does not answer, the worker keeps going: no cache, and the same buckets held
 in-process at ``local_share`` of the limits; it warns once, and tries Redis again every
