@@ -95,6 +95,13 @@ def _show_samples(results: Path) -> None:
             print(f"    {who:<14} FAILED {record['code']}: {record['message'][:80]}")
 
 
+def _run_arguments(*argv: str) -> argparse.Namespace:
+    """``promptmill run ARGV`` as the command line parses it (every option at its default)."""
+    from promptmill.cli import build_parser  # late: the command line imports this module
+
+    return build_parser().parse_args(["run", *argv])
+
+
 async def demo(settings: Settings, args: argparse.Namespace) -> None:
     backend = os.environ.get("PROMPTMILL_DEMO_MODEL", "real")
     if backend not in ("real", "sim"):
@@ -145,16 +152,8 @@ async def demo(settings: Settings, args: argparse.Namespace) -> None:
             (2, "same batch again: answers come from the cache"),
         ):
             print(f"== run {round_} ({note}): promptmill run {jobs}", flush=True)
-            run_args = argparse.Namespace(
-                file=jobs,
-                batch_id=None,
-                tenant="demo",
-                template=None,
-                input_format="auto",
-                output=state / f"results-{round_}.jsonl",
-                output_format="promptmill",
-                fail_on_error=False,
-            )
+            output = state / f"results-{round_}.jsonl"
+            run_args = _run_arguments(str(jobs), "--tenant", "demo", "-o", str(output))
             done = await batch.run(local, run_args)
             requests += done.total or 0
             print(f"  results written to {run_args.output}", flush=True)

@@ -199,7 +199,8 @@ async def test_true_up_setting_decides_what_a_call_is_charged(env: Env, true_up:
     the real total (``usage``)."""
     redis = env.redis()
     limits = LimitTable({"promptmill-sim": Limit(tpm=60_000)})
-    fleet = FleetState(redis, env.prefix, limits, FleetConfig())
+    prefix = f"{env.prefix}-{true_up}"  # a fresh bucket, also when one env runs both modes
+    fleet = FleetState(redis, prefix, limits, FleetConfig())
     model = ModelClient(env.endpoints.sim_url, "sim")
     processor = PromptProcessor(
         env.catalog,
@@ -223,7 +224,7 @@ async def test_true_up_setting_decides_what_a_call_is_charged(env: Env, true_up:
     finally:
         await processor.stop()
     completion = decode(outcome.value, Completion)
-    ((spec, _),) = [b for b in limits.buckets(env.prefix, "promptmill-sim", "default")]
+    ((spec, _),) = [b for b in limits.buckets(prefix, "promptmill-sim", "default")]
     state = await redis.hgetall(spec.key)
     await redis.aclose()
     charged = (float(state[b"tat"]) - float(state[b"last"])) / spec.interval_ms
