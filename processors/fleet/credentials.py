@@ -121,12 +121,14 @@ class CredentialGuard:
         return True
 
     async def _take_probe(self) -> bool:
-        if self._redis is None:
-            if time.monotonic() >= self._local_probe_at:
-                self._local_probe_at = time.monotonic() + self._probe_ms / 1000
-                return True
-            return False
-        try:
-            return bool(await self._redis.set(self._probe_key, b"1", nx=True, px=self._probe_ms))
-        except REDIS_ERRORS:
-            return False
+        if self._redis is not None:
+            try:
+                return bool(
+                    await self._redis.set(self._probe_key, b"1", nx=True, px=self._probe_ms)
+                )
+            except REDIS_ERRORS:
+                pass  # Redis is away too: this worker probes on its own schedule
+        if time.monotonic() >= self._local_probe_at:
+            self._local_probe_at = time.monotonic() + self._probe_ms / 1000
+            return True
+        return False

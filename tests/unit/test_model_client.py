@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,9 +14,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from processors.fleet.credentials import CredentialGuard
 from processors.model import ModelCallError, ModelClient
 from processors.retry import Backoff, retry_after_seconds
 from schemas import ChatMessage, ErrorCode
+from topics.redis import connect_redis
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -342,3 +345,25 @@ def test_backoff_is_reproducible_with_a_seeded_rng() -> None:
     first = Backoff(rng=random.Random(9))
     second = Backoff(rng=random.Random(9))
     assert [first.delay(n) for n in range(1, 8)] == [second.delay(n) for n in range(1, 8)]
+
+
+@pytest.mark.parametrize("redis_down", [False, True])
+async def test_rejected_key_waits_and_resumes_without_failing_the_job(
+    sim: Sim, make_client: ClientFactory, redis_down: bool
+) -> None:
+    """A 401 pauses calls and a probe goes out every interval; the first success resumes.
+    Without Redis, or with Redis unreachable, each worker probes on its own schedule."""
+    redis = connect_redis("redis://127.0.0.1:9/0", timeout=0.2) if redis_down else None
+    guard = CredentialGuard(redis, "t", f"{sim.url}/v1", probe_seconds=0.3)
+    client = await make_client(guard=guard)
+    await sim.config(auth_status=401)
+    call = asyncio.create_task(client.complete(MODEL, [ChatMessage(role="user", content="hi")], {}))
+    await asyncio.sleep(1.5)
+    assert not call.done() and guard.paused
+    refused = (await sim.stats())["rejected_auth"]
+    assert 2 <= refused <= 1.5 / 0.3 + 2  # a probe an interval, not a tight loop
+    await sim.config(auth_status=0)
+    reply = await asyncio.wait_for(call, 5)
+    assert reply.text and not guard.paused and guard.rejections == refused
+    if redis is not None:
+        await redis.aclose()
