@@ -10,9 +10,10 @@ a dead-letter outcome, and every outcome is fitted to its topic's size limit fir
 a grace period, the final offsets are committed and the group is left.
 
 The consume loop never waits on the processor. When ``concurrency`` records are in flight
-(all parked behind a rate limit, say) it pauses its partitions and keeps polling: the
-group membership stays alive, offsets keep being committed as records finish, and a stop
-request is seen within one poll, so a drain always starts at once.
+(all parked behind a rate limit, say) it waits for a slot at most a tenth of a second at a
+time, so offsets keep being committed as records finish and a stop request is seen at
+once; if that lasts, it polls now and then with its partitions paused, so the group does
+not drop it for not polling. Commits run beside the loop.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from topics.limits import TopicLimits
 log = logging.getLogger(__name__)
 MAX_REQUEST_SIZE = 64 * 1024 * 1024  # the client-side cap; each topic's own limit is fitted to
 FINAL_COMMIT_SECONDS = 10.0  # within Kubernetes' grace period after the drain
+POLL_SECONDS = 0.1  # the longest the loop waits before it looks at stop requests and commits
+KEEPALIVE_POLL_SECONDS = 10.0  # well within any max_poll_interval
 
 
 class Processor(Protocol):
@@ -106,6 +109,7 @@ class Worker:
         self._committed: dict[TopicPartition, int] = {}
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._paused = False
+        self._free = asyncio.Event()  # set when a record finishes: a slot is free
         self._committing: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._consumer: Any = None
@@ -167,27 +171,55 @@ class Worker:
             log.info("worker stopped: %s", self.stats)
 
     async def _consume(self) -> None:
-        last_commit = time.monotonic()
+        last_commit = last_poll = time.monotonic()
         while not self._stopping.is_set():
             room = self._config.concurrency - len(self._tasks)
-            self._pause(room <= 0)
-            batches = await self._consumer.getmany(timeout_ms=100, max_records=max(1, room))
-            for tp, records in batches.items():
-                epoch = self._tracker.epoch(tp)
-                for raw in records:
-                    if self._stopping.is_set() or epoch is None:
-                        break  # not started: uncommitted, so fetched again by the next owner
-                    if self._tracker.started(tp, raw.offset) is None:
-                        continue
-                    task = asyncio.create_task(self._run_one(tp, InRecord.of(raw), epoch))
-                    self._tasks[task] = tp
-                    task.add_done_callback(self._tasks.pop)
+            if room <= 0:
+                if time.monotonic() - last_poll >= KEEPALIVE_POLL_SECONDS:
+                    # Every slot has been taken for a while (parked behind a rate limit, say):
+                    # poll with the partitions paused, so the group does not think this
+                    # member dead (max_poll_interval) and nothing more is fetched.
+                    self._pause(True)
+                    await self._consumer.getmany(timeout_ms=0, max_records=1)
+                    last_poll = time.monotonic()
+                await self._slot_freed(POLL_SECONDS)
+            else:
+                self._pause(False)
+                batches = await self._consumer.getmany(
+                    timeout_ms=int(POLL_SECONDS * 1000), max_records=room
+                )
+                last_poll = time.monotonic()
+                self._start(batches)
             if time.monotonic() - last_commit >= self._config.commit_interval:
                 self._commit_in_background()
                 last_commit = time.monotonic()
 
+    def _start(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        """Start a task for each fetched record (there is a free slot for each)."""
+        for tp, records in batches.items():
+            epoch = self._tracker.epoch(tp)
+            for raw in records:
+                if self._stopping.is_set() or epoch is None:
+                    break  # not started: uncommitted, so fetched again by the next owner
+                if self._tracker.started(tp, raw.offset) is None:
+                    continue
+                task = asyncio.create_task(self._run_one(tp, InRecord.of(raw), epoch))
+                self._tasks[task] = tp
+                task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+        self._free.set()
+
+    async def _slot_freed(self, within: float) -> None:
+        """Wait until a record finishes (or ``within`` seconds pass)."""
+        self._free.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._free.wait(), within)
+
     def _pause(self, full: bool) -> None:
-        """Stop fetching while every slot is taken, and fetch again once one is free."""
+        """Pause the partitions for a keep-alive poll while every slot is taken; resume once
+        one is free. (Pausing drops what the client prefetched: not on every full moment.)"""
         if full == self._paused:
             return
         assignment = list(self._consumer.assignment())
