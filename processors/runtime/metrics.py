@@ -51,19 +51,26 @@ class _Metric:
         return head + "".join(line + "\n" for line in self.samples())
 
 
-class Counter(_Metric):
-    kind = "counter"
+class _Values(_Metric):
+    """A value per label set: kept here, or (``read``) kept elsewhere and read at scrape."""
 
     def __init__(
-        self,
-        name: str,
-        help_: str,
-        labels: Iterable[str] = (),
-        read: Read | None = None,
+        self, name: str, help_: str, labels: Iterable[str] = (), read: Read | None = None
     ) -> None:
         super().__init__(name, help_, labels)
         self._values: dict[LabelValues, float] = {}
-        self._read = read  # a count kept elsewhere, read at scrape time
+        self._read = read
+
+    def samples(self) -> list[str]:
+        values = self._read() if self._read is not None else self._values
+        return [
+            f"{self.name}{_labels(self.label_names, k)} {_number(v)}"
+            for k, v in sorted(values.items())
+        ]
+
+
+class Counter(_Values):
+    kind = "counter"
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
         key = self.key(labels)
@@ -72,37 +79,12 @@ class Counter(_Metric):
     def value(self, **labels: str) -> float:
         return self._values.get(self.key(labels), 0.0)
 
-    def samples(self) -> list[str]:
-        values = self._read() if self._read is not None else self._values
-        return [
-            f"{self.name}{_labels(self.label_names, k)} {_number(v)}"
-            for k, v in sorted(values.items())
-        ]
 
-
-class Gauge(_Metric):
+class Gauge(_Values):
     kind = "gauge"
-
-    def __init__(
-        self,
-        name: str,
-        help_: str,
-        labels: Iterable[str] = (),
-        read: Read | None = None,
-    ) -> None:
-        super().__init__(name, help_, labels)
-        self._values: dict[LabelValues, float] = {}
-        self._read = read  # computed at scrape time when given
 
     def set(self, value: float, **labels: str) -> None:
         self._values[self.key(labels)] = value
-
-    def samples(self) -> list[str]:
-        values = self._read() if self._read is not None else self._values
-        return [
-            f"{self.name}{_labels(self.label_names, k)} {_number(v)}"
-            for k, v in sorted(values.items())
-        ]
 
 
 class Histogram(_Metric):
