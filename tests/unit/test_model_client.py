@@ -364,6 +364,7 @@ async def test_rejected_key_waits_and_resumes_without_failing_the_job(
     assert 2 <= refused <= 1.5 / 0.3 + 2  # a probe an interval, not a tight loop
     await sim.config(auth_status=0)
     reply = await asyncio.wait_for(call, 5)
-    assert reply.text and not guard.paused and guard.rejections == refused
+    assert reply.text and not guard.paused
+    assert guard.rejections == (await sim.stats())["rejected_auth"]  # each one seen
     if redis is not None:
         await redis.aclose()
