@@ -252,21 +252,22 @@ class Worker:
         self.metrics.finished(time.monotonic() - started, [o.code for o in outcomes])
 
     async def _fit(self, record: InRecord, outcomes: Sequence[Outcome]) -> list[Outcome]:
-        """The outcomes, each fitted to its topic's ``max.message.bytes`` (see ``fit``)."""
-        for outcome in outcomes:
-            limit = await self._limits.limit(outcome.topic)
-            if not outcome.dead_letter and size_of(outcome) > limit:
-                error = OutcomeTooLarge(
-                    f"the result is {size_of(outcome):,} bytes, over the "
-                    f"max.message.bytes of {outcome.topic} ({limit:,})"
-                )
-                outcomes = [self._processor.dead_letter(record, error)]
-                break
+        """The outcomes, each fitted to its topic's ``max.message.bytes`` (see ``fit``): a
+        dead letter is shrunk; any other outcome that would not fit turns the whole result
+        into the record's dead letter."""
         fitted = []
         for outcome in outcomes:
-            if outcome.dead_letter and size_of(outcome) > await self._limits.limit(outcome.topic):
-                outcome = shrink(outcome)
-            fitted.append(outcome)
+            size, limit = size_of(outcome), await self._limits.limit(outcome.topic)
+            if size <= limit:
+                fitted.append(outcome)
+            elif outcome.dead_letter:
+                fitted.append(shrink(outcome))
+            else:
+                error = OutcomeTooLarge(
+                    f"the result is {size:,} bytes, over the "
+                    f"max.message.bytes of {outcome.topic} ({limit:,})"
+                )
+                return await self._fit(record, [self._processor.dead_letter(record, error)])
         return fitted
 
     async def _publish(self, record: InRecord, outcomes: Sequence[Outcome]) -> None:

@@ -135,11 +135,4 @@ class Renderer:
 
 
 def _explain(kind: str) -> str:
-    return {
-        "security": "unsafe operation: ",
-        "too_large": "",
-        "syntax": "syntax error: ",
-        "timeout": "",
-        "memory": "",
-        "crashed": "",
-    }.get(kind, "")
+    return {"security": "unsafe operation: ", "syntax": "syntax error: "}.get(kind, "")
