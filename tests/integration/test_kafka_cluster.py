@@ -41,21 +41,28 @@ PER_PHASE = 300
 Partitions = dict[int, dict[str, Any]]
 
 
-async def _partitions(admin: AIOKafkaAdminClient) -> Partitions:
-    (topic,) = await admin.describe_topics([TOPIC])
+async def _partitions(bootstrap: str) -> Partitions:
+    """The topic as the cluster describes it now, from a client of its own: a long-lived
+    admin client can keep asking the node that died, with its stale metadata."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (topic,) = await admin.describe_topics([TOPIC])
+    finally:
+        await admin.close()
     return {p["partition"]: p for p in topic["partitions"]}
 
 
 async def _until(
-    admin: AIOKafkaAdminClient, check: Callable[[Partitions], bool], what: str, within: float
+    bootstrap: str, check: Callable[[Partitions], bool], what: str, within: float
 ) -> Partitions:
     """Describe the topic until ``check`` holds; a node that just died may fail a describe."""
     deadline = time.monotonic() + within
     seen: Partitions = {}
     while time.monotonic() < deadline:
         try:
-            seen = await _partitions(admin)
-        except KafkaError:
+            seen = await _partitions(bootstrap)
+        except (KafkaError, OSError):
             seen = {}
         if len(seen) == PARTITIONS and check(seen):
             return seen
@@ -97,7 +104,7 @@ async def test_killed_leader_loses_no_acknowledged_record(tmp_path: Path) -> Non
             config = {"min.insync.replicas": "2"}
             await admin.create_topics([NewTopic(TOPIC, PARTITIONS, 3, topic_configs=config)])
             before = await _until(
-                admin, lambda ps: all(len(p["isr"]) == 3 for p in ps.values()), "in sync", 60
+                bootstrap, lambda ps: all(len(p["isr"]) == 3 for p in ps.values()), "in sync", 60
             )
             sent = await _produce(producer, 0, PER_PHASE)
 
@@ -108,7 +115,7 @@ async def test_killed_leader_loses_no_acknowledged_record(tmp_path: Path) -> Non
             gap = time.monotonic() - killed
             print(f"node {leader} killed; writes acknowledged {gap:.1f}s later")
             await _until(
-                admin,
+                bootstrap,
                 lambda ps: (
                     ps[0]["leader"] not in (leader, -1)
                     and all(leader not in p["isr"] and len(p["isr"]) == 2 for p in ps.values())
@@ -120,7 +127,7 @@ async def test_killed_leader_loses_no_acknowledged_record(tmp_path: Path) -> Non
             restarted = time.monotonic()
             nodes = await asyncio.to_thread(restart_node, CACHE, nodes, leader)
             await _until(
-                admin,
+                bootstrap,
                 lambda ps: all(leader in p["isr"] for p in ps.values()),
                 f"in sync with node {leader} again",
                 90,
