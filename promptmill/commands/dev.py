@@ -16,7 +16,8 @@ def dev_up(settings: Settings, args: argparse.Namespace) -> None:
         components.add("model_sim")
     if args.real_model:
         components.add("model_real")
-    info = up(settings.state_dir, settings.cache_dir, components, args.brokers)
+    secure = True if args.secure else None  # without the flag, a running Kafka stays as it is
+    info = up(settings.state_dir, settings.cache_dir, components, args.brokers, secure)
     for name, proc in info.components().items():
         if isinstance(proc, KafkaInfo) and proc.nodes:
             print(f"{name:<11} {proc.address}  ({proc.brokers} brokers)")
@@ -24,6 +25,10 @@ def dev_up(settings: Settings, args: argparse.Namespace) -> None:
                 print(f"  node {n.node_id:<4} {n.bootstrap}  (pid {n.pid}, log {n.log})")
             continue
         print(f"{name:<11} {proc.address}  (pid {proc.pid}, log {proc.log})")
+        if isinstance(proc, KafkaInfo) and proc.security is not None:
+            sec = proc.security
+            print(f"  {sec.mechanism} user {sec.username}, password in {sec.password_file}")
+            print(f"  CA {sec.ca_file}")
     print(f"state in {settings.state_dir}; stop with `promptmill dev down`")
 
 

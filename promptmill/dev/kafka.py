@@ -41,6 +41,7 @@ from promptmill.dev.processes import (
     wait_for_log,
     wait_for_port,
 )
+from promptmill.dev.secure import SecureMaterial
 
 logger = logging.getLogger(__name__)
 
@@ -80,16 +81,19 @@ _POM = """<?xml version="1.0" encoding="UTF-8"?>
 </project>
 """
 
-_SERVER_PROPERTIES = """\
-process.roles=broker,controller
-node.id={node_id}
-controller.quorum.voters={voters}
+_PLAINTEXT_LISTENERS = """\
 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
 advertised.listeners=PLAINTEXT://127.0.0.1:{port}
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
-log.dirs={data_dir}
+"""
+
+_SERVER_PROPERTIES = """\
+process.roles=broker,controller
+node.id={node_id}
+controller.quorum.voters={voters}
+{listeners}log.dirs={data_dir}
 num.partitions=1
 auto.create.topics.enable=false
 offsets.topic.replication.factor={replication}
@@ -140,15 +144,29 @@ def replication_for(nodes: int) -> tuple[int, int]:
     return replication, max(1, replication - 1)
 
 
-def render_node_properties(node: NodeAddress, voters: Sequence[NodeAddress], data_dir: Path) -> str:
-    """``server.properties`` of ``node``, broker and controller of the quorum ``voters``."""
+def render_node_properties(
+    node: NodeAddress,
+    voters: Sequence[NodeAddress],
+    data_dir: Path,
+    secure: SecureMaterial | None = None,
+) -> str:
+    """``server.properties`` of ``node``, broker and controller of the quorum ``voters``.
+
+    With ``secure``, its client and inter-broker listener is SASL_SSL (SCRAM-SHA-512)
+    instead of PLAINTEXT (:mod:`promptmill.dev.secure`).
+    """
     replication, min_isr = replication_for(len(voters))
     quorum = ",".join(f"{v.node_id}@127.0.0.1:{v.controller_port}" for v in voters)
+    if secure is None:
+        listeners = _PLAINTEXT_LISTENERS.format(
+            port=node.port, controller_port=node.controller_port
+        )
+    else:
+        listeners = secure.render_listeners(node.port, node.controller_port)
     text = _SERVER_PROPERTIES.format(
         node_id=node.node_id,
         voters=quorum,
-        port=node.port,
-        controller_port=node.controller_port,
+        listeners=listeners,
         data_dir=data_dir,
         replication=replication,
         min_isr=min_isr,
@@ -158,10 +176,12 @@ def render_node_properties(node: NodeAddress, voters: Sequence[NodeAddress], dat
     return text
 
 
-def render_server_properties(port: int, controller_port: int, data_dir: Path) -> str:
+def render_server_properties(
+    port: int, controller_port: int, data_dir: Path, secure: SecureMaterial | None = None
+) -> str:
     """``server.properties`` of a single-node KRaft broker on 127.0.0.1."""
     node = NodeAddress(1, port, controller_port)
-    return render_node_properties(node, [node], data_dir)
+    return render_node_properties(node, [node], data_dir, secure)
 
 
 def render_log4j() -> str:
@@ -263,15 +283,20 @@ def fetch_kafka(cache_dir: Path) -> Path:
     return libs
 
 
-def start_kafka(cache_dir: Path, home: Path, timeout: float = 90.0) -> Started:
+def start_kafka(
+    cache_dir: Path, home: Path, timeout: float = 90.0, secure: SecureMaterial | None = None
+) -> Started:
     """Fetch (once), configure, format and start a broker under ``home``; wait for it.
 
-    The broker is ready when its log says it started and its port accepts.
+    The broker is ready when its log says it started and its port accepts. With
+    ``secure``, its only client listener is SASL_SSL and its storage is formatted with
+    the SCRAM users of ``secure``.
     """
     libs = fetch_kafka(cache_dir)
     port, controller_port = free_ports(2)
-    properties = render_server_properties(port, controller_port, home / "data")
-    config = format_storage(libs, home, properties, new_cluster_id())
+    properties = render_server_properties(port, controller_port, home / "data", secure)
+    scram = secure.scram_arguments() if secure is not None else []
+    config = format_storage(libs, home, properties, new_cluster_id(), scram)
     log = home / "kafka.log"
     pid = spawn(broker_command(libs, config), log)
     try:
@@ -283,22 +308,27 @@ def start_kafka(cache_dir: Path, home: Path, timeout: float = 90.0) -> Started:
     return Started(pid, port, log)
 
 
-def format_storage(libs: Path, home: Path, properties: str, cluster_id: str) -> Path:
+def format_storage(
+    libs: Path, home: Path, properties: str, cluster_id: str, extra_args: Sequence[str] = ()
+) -> Path:
     """Write ``properties`` and the log4j config under ``home``; format a fresh ``home/data``.
 
     ``properties`` must name ``home/data`` as its ``log.dirs``; every node of one cluster
-    is formatted with the same ``cluster_id``. Returns the path of ``server.properties``;
-    ``log4j.properties`` sits beside it.
+    is formatted with the same ``cluster_id``. ``extra_args`` go to ``StorageTool format``
+    (``--add-scram ...``). Returns the path of ``server.properties`` (0600: a secure
+    broker's holds a password); ``log4j.properties`` sits beside it.
     """
     data_dir = home / "data"
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     config = home / "server.properties"
+    config.unlink(missing_ok=True)
+    config.touch(mode=0o600)
     config.write_text(properties)
     log4j = home / "log4j.properties"
     log4j.write_text(render_log4j())
     cmd = kafka_tool_command(libs, "kafka.tools.StorageTool", log4j)
-    cmd += ["format", f"--cluster-id={cluster_id}", "-c", str(config)]
+    cmd += ["format", f"--cluster-id={cluster_id}", "-c", str(config), *extra_args]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])

@@ -9,9 +9,12 @@ where is recorded in ``<state_dir>/stack.json`` (:mod:`promptmill.dev.stack_file
 
 ``up`` is idempotent: a component that already runs is kept, a dead one is started
 afresh (new port, empty data); a cluster node that died while the others run is
-restarted on its own data. ``down`` stops every recorded process and deletes the
-data dirs, keeping the logs. A file lock on the state dir serialises ``up`` and
-``down`` so that two commands never start the same component twice.
+restarted on its own data. With ``secure``, the broker's only client listener is
+SASL_SSL with SCRAM-SHA-512 users, its CA, certificate and passwords generated at each
+start under ``<state_dir>/kafka/secure`` (:mod:`promptmill.dev.secure`). ``down`` stops
+every recorded process and deletes the data dirs (and that secure material), keeping the
+logs. A file lock on the state dir serialises ``up`` and ``down`` so that two commands
+never start the same component twice.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 from promptmill.dev.cluster import restart_node, start_cluster
 from promptmill.dev.kafka import start_kafka
 from promptmill.dev.processes import StackError, Started, free_port, process_start_time, serve
+from promptmill.dev.secure import generate
 from promptmill.dev.stack_file import (
     COMPONENTS,
     STACK_FILE,
@@ -59,6 +63,7 @@ logger = logging.getLogger(__name__)
 BROKER_COUNTS = (1, 3)  # what ``dev up --brokers`` accepts
 MODEL_REAL_ALIAS = "smollm2"
 HOST = "127.0.0.1"
+SECURE_DIR = "secure"  # under <state_dir>/kafka: CA, broker keystore, SCRAM passwords
 _READY_TIMEOUT_S = 120.0  # generous: the real model loads its weights before listening
 
 _MODEL_REAL_HINT = (
@@ -128,15 +133,20 @@ def _start_model_real(home: Path) -> Started:
     return serve(cmd, home / "model_real.log", port, _READY_TIMEOUT_S, ready_url=ready_url)
 
 
-def _start(name: str, home: Path, cache_dir: Path, brokers: int) -> ProcessInfo:
+def _start(name: str, home: Path, cache_dir: Path, brokers: int, secure: bool) -> ProcessInfo:
     logger.info("starting %s (state in %s)", name, home)
     match name:
         case "kafka" if brokers > 1:
             return KafkaInfo.of_cluster(start_cluster(cache_dir, home, brokers))
         case "kafka":
-            s = start_kafka(cache_dir, home)
+            material = generate(home / SECURE_DIR) if secure else None
+            s = start_kafka(cache_dir, home, secure=material)
             t = process_start_time(s.pid)
-            return KafkaInfo(pid=s.pid, start_time=t, log=s.log, bootstrap=f"{HOST}:{s.port}")
+            security = material.client_security() if material is not None else None
+            bootstrap = f"{HOST}:{s.port}"
+            return KafkaInfo(
+                pid=s.pid, start_time=t, log=s.log, bootstrap=bootstrap, security=security
+            )
         case "redis":
             s = _start_redis(home)
             t = process_start_time(s.pid)
@@ -162,12 +172,20 @@ def load_stack(state_dir: Path) -> StackInfo | None:
     return live if live is not None and live.components() else None
 
 
-def _keep_kafka(running: KafkaInfo, brokers: int | None, cache_dir: Path) -> KafkaInfo:
-    """The running Kafka, if it has the asked number of brokers, with dead nodes restarted."""
+def _keep_kafka(
+    running: KafkaInfo, brokers: int | None, secure: bool | None, cache_dir: Path
+) -> KafkaInfo:
+    """The running Kafka, if it has the asked number of brokers and security, with dead
+    nodes restarted."""
     if brokers is not None and brokers != running.brokers:
         raise StackError(
             f"Kafka already runs with {running.brokers} broker(s), not {brokers}; "
             "stop it first with `promptmill dev down`"
+        )
+    if secure is not None and secure != (running.security is not None):
+        runs_as = "with" if running.security is not None else "without"
+        raise StackError(
+            f"Kafka already runs {runs_as} --secure; stop it first with `promptmill dev down`"
         )
     nodes = running.nodes or []
     for node in nodes:
@@ -178,14 +196,20 @@ def _keep_kafka(running: KafkaInfo, brokers: int | None, cache_dir: Path) -> Kaf
 
 
 def up(
-    state_dir: Path, cache_dir: Path, components: Iterable[str], brokers: int | None = None
+    state_dir: Path,
+    cache_dir: Path,
+    components: Iterable[str],
+    brokers: int | None = None,
+    secure: bool | None = None,
 ) -> StackInfo:
     """Start the named components that are not running yet; return the whole stack.
 
     Each component gets a free loopback port; ``stack.json`` is rewritten after each
     start, so a failure part-way still leaves the started ones to ``down``. Kafka gets
     ``brokers`` brokers (one of :data:`BROKER_COUNTS`); None keeps a running Kafka as
-    it is and otherwise starts one broker.
+    it is and otherwise starts one broker. ``secure`` starts a single broker whose only
+    client listener is SASL_SSL; None keeps a running Kafka as it is and otherwise
+    starts it without security.
     """
     wanted = set(components)
     unknown = sorted(wanted - set(COMPONENTS))
@@ -193,6 +217,8 @@ def up(
         raise StackError(f"unknown components {unknown}; choose from {list(COMPONENTS)}")
     if brokers is not None and brokers not in BROKER_COUNTS:
         raise StackError(f"--brokers must be one of {list(BROKER_COUNTS)}, not {brokers}")
+    if secure and brokers is not None and brokers > 1:
+        raise StackError("--secure runs a single broker; it cannot be combined with --brokers 3")
     state_dir, cache_dir = state_dir.resolve(), cache_dir.resolve()
     with _locked(state_dir):
         info = (read_stack(state_dir) or StackInfo()).live()
@@ -201,13 +227,13 @@ def up(
                 continue
             running = info.components().get(name)
             if isinstance(running, KafkaInfo):
-                running = _keep_kafka(running, brokers, cache_dir)
+                running = _keep_kafka(running, brokers, secure, cache_dir)
                 info = info.model_copy(update={name: running})
                 write_stack(state_dir, info)
             if running is not None:
                 logger.info("%s already running at %s (pid %s)", name, running.address, running.pid)
                 continue
-            started = _start(name, state_dir / name, cache_dir, brokers or 1)
+            started = _start(name, state_dir / name, cache_dir, brokers or 1, bool(secure))
             logger.info("%s running at %s (pid %s)", name, started.address, started.pid)
             info = info.model_copy(update={name: started})
             write_stack(state_dir, info)
@@ -232,6 +258,7 @@ def down(state_dir: Path) -> list[str]:
             shutil.rmtree(state_dir / name / "data", ignore_errors=True)
         for node_data in (state_dir / "kafka").glob("node-*/data"):
             shutil.rmtree(node_data, ignore_errors=True)
+        shutil.rmtree(state_dir / "kafka" / SECURE_DIR, ignore_errors=True)
         (state_dir / STACK_FILE).unlink(missing_ok=True)
     return stopped
 

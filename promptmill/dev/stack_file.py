@@ -10,7 +10,9 @@ reused does not count as running) with its log file, and the address clients use
 
 A Kafka cluster keeps ``bootstrap`` (all its brokers, comma-separated, so every reader
 of a single broker works unchanged) and adds ``nodes``: per node its id, pid, start
-time, ports, log and home dir (``<state_dir>/kafka/node-<id>``).
+time, ports, log and home dir (``<state_dir>/kafka/node-<id>``). A secure broker
+(``dev up --secure``) adds ``security``: protocol, SASL mechanism, client user, the path
+of its password file and of the CA (:mod:`promptmill.dev.secure`); never the password.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from promptmill.dev.cluster import KafkaNode, bootstrap_servers, stop_cluster
 from promptmill.dev.processes import STOP_TIMEOUT_S, StackError, runs, stop
+from promptmill.dev.secure import KafkaSecurity
 
 COMPONENTS = ("kafka", "redis", "model_sim", "model_real")
 STACK_FILE = "stack.json"
@@ -57,12 +60,21 @@ class KafkaInfo(ProcessInfo):
     """The Kafka broker, or a cluster of brokers.
 
     For a cluster, ``nodes`` lists every node, and ``pid``, ``start_time`` and ``log``
-    repeat the first node's for readers that know a single broker.
+    repeat the first node's for readers that know a single broker. ``security`` is set
+    when its only client listener is SASL_SSL.
     """
 
     address_field = "bootstrap"
     bootstrap: str
     nodes: list[KafkaNode] | None = None
+    security: KafkaSecurity | None = None
+
+    @property
+    def address(self) -> str:
+        """The bootstrap servers, prefixed with ``SASL_SSL://`` for a secure broker."""
+        if self.security is not None:
+            return f"{self.security.protocol}://{self.bootstrap}"
+        return self.bootstrap
 
     @classmethod
     def of_cluster(cls, nodes: list[KafkaNode]) -> KafkaInfo:

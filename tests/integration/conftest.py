@@ -6,8 +6,11 @@ existing servers instead (the simulator's admin API must then be reachable there
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -15,10 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from promptmill import app
 from promptmill.dev.cluster import KafkaNode, bootstrap_servers, start_cluster, stop_cluster
-from promptmill.dev.harness import CACHE_DIR, Endpoints, Env, sim_call
+from promptmill.dev.harness import CACHE_DIR, ROOT, Endpoints, Env, sim_call
 from promptmill.dev.redis_cluster import start_redis_cluster
-from promptmill.dev.stack import down, up
+from promptmill.dev.stack import down, load_stack, up
+from promptmill.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -86,6 +91,60 @@ async def failover_env(
     on_cluster = Endpoints(bootstrap_servers(kafka_cluster), endpoints.redis_url, endpoints.sim_url)
     async with _env(on_cluster, tmp_path, replication=3) as test_env:
         yield test_env
+
+
+@pytest.fixture
+async def secure_env(tmp_path: Path) -> AsyncIterator[Env]:
+    """A stack of the test's own, started as a user would (``promptmill dev up --secure``):
+    Kafka on SASL_SSL only, Redis and the simulator. No topics yet. Its commands and workers
+    get no Kafka setting (``KAFKA_BOOTSTRAP_SERVERS`` empty): they find the broker and its
+    credentials in the stack; ``conn`` is what :func:`promptmill.app.kafka_connection` makes
+    of that stack."""
+    state = tmp_path / "secure-stack"
+    started = time.monotonic()
+    try:
+        listing = await asyncio.to_thread(_dev_up_secure, state)
+        print(f"secure stack up in {time.monotonic() - started:.1f}s:\n{listing}")
+        info = load_stack(state)
+        assert info is not None and info.kafka is not None and info.kafka.security is not None
+        assert info.redis is not None and info.model_sim is not None
+        endpoints = Endpoints(info.kafka.bootstrap, info.redis.url, info.model_sim.base_url)
+        conn = app.kafka_connection(Settings(state_dir=state, kafka_bootstrap_servers=None))
+        test_env = Env(
+            endpoints,
+            f"t{uuid.uuid4().hex[:10]}",
+            state,
+            extra={"KAFKA_BOOTSTRAP_SERVERS": ""},
+            connection=conn,
+        )
+        await sim_call(endpoints.sim_url, "POST", "/sim/config", {"latency_ms": 5, "jitter_ms": 2})
+        try:
+            yield test_env
+        finally:
+            for worker in test_env.workers:
+                worker.terminate(timeout=15)
+    finally:
+        down(state)
+
+
+def _dev_up_secure(state: Path) -> str:
+    """Run ``promptmill dev up --secure`` with its state in ``state``; its output."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("PROMPTMILL_", "KAFKA_"))}
+    environ |= {
+        "PROMPTMILL_STATE_DIR": str(state),
+        "PROMPTMILL_CACHE_DIR": str(CACHE_DIR),
+        "PYTHONPATH": str(ROOT),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "promptmill", "dev", "up", "--secure"],
+        env=environ,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert result.returncode == 0, f"dev up --secure failed:\n{result.stderr[-3000:]}"
+    return result.stdout
 
 
 @contextlib.asynccontextmanager
