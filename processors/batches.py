@@ -32,14 +32,15 @@ from schemas import (
 )
 from schemas.results import terminal_record
 from topics import TopicCatalog, TopicKind
-from topics.batch_index import BatchIndex
-from topics.redis import LuaScript, RedisClient, tagged
+from topics.batch_index import BatchIndex, counters_key, jobs_key, lines_key
+from topics.redis import LuaScript, RedisClient
 
 TTL_SECONDS = 7 * 24 * 3600
 
-# KEYS: counters hash, job-id set. ARGV: kind, record position, then per kind:
+# KEYS: counters hash, job-id set, lines stream. ARGV: kind, record position, then per kind:
 # manifest: total | completion: job id, cached, prompt tokens, completion tokens, cost |
-# failure: job id, code; last: the keys' TTL in seconds.
+# failure: job id, code; then the record itself (streamed if the run asks for it, see
+# topics.batch_index.counters_key); last: the keys' TTL in seconds.
 # Returns {} or, when the done event is to be published, the counters.
 TRACK = """
 local kind, position = ARGV[1], ARGV[2]
@@ -54,6 +55,10 @@ elseif redis.call('SADD', KEYS[2], ARGV[3]) == 1 then
     redis.call('HINCRBYFLOAT', KEYS[1], 'cost_usd', ARGV[7])
   else
     redis.call('HINCRBY', KEYS[1], 'failed:' .. ARGV[4], 1)
+  end
+  if redis.call('HEXISTS', KEYS[1], 'stream') == 1 then
+    redis.call('XADD', KEYS[3], '*', 'r', ARGV[#ARGV - 1])
+    redis.call('EXPIRE', KEYS[3], ARGV[#ARGV])
   end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[#ARGV])
@@ -97,8 +102,12 @@ class BatchTracker:
         if not batch_id:
             return []
         position = f"{record.topic}:{record.partition}:{record.offset}"
-        keys = [counters_key(self._prefix, batch_id, run), jobs_key(self._prefix, batch_id, run)]
-        script_args = [args[0], position, *args[1:], TTL_SECONDS]
+        keys = [
+            counters_key(self._prefix, batch_id, run),
+            jobs_key(self._prefix, batch_id, run),
+            lines_key(self._prefix, batch_id, run),
+        ]
+        script_args = [args[0], position, *args[1:], record.value or b"", TTL_SECONDS]
         async with self._order(record):  # the first record of a job by offset is the one counted
             counters = await until_redis_answers(
                 lambda: self._track(keys, script_args), "batch tracker"
@@ -125,16 +134,6 @@ class BatchTracker:
         # keyed by the record's position: it is no job of the batch, and never counts against it
         about = About(job_id=f"{record.topic}:{record.partition}:{record.offset}")
         return self._dead.of_error(record, error, about)
-
-
-def counters_key(prefix: str, batch_id: str, run: int) -> str:
-    """A run's counters (in the batch index's hash slot)."""
-    return tagged(prefix, batch_id, "run", str(run))
-
-
-def jobs_key(prefix: str, batch_id: str, run: int) -> str:
-    """The job ids counted in a run."""
-    return tagged(prefix, batch_id, "run", str(run), "jobs")
 
 
 def _parse(

@@ -22,7 +22,6 @@ from processors.fleet.ticket import Ticket
 from processors.model import ModelCallError, ModelClient
 from processors.runtime import InRecord, Outcome
 from processors.runtime.deadletters import About, DeadLetters
-from processors.runtime.metrics import Registry
 from schemas import (
     Completion,
     ErrorCode,
@@ -33,6 +32,7 @@ from schemas import (
 )
 from schemas.validation import describe_validation_error
 from topics import TopicCatalog, TopicKind
+from topics.metrics import Registry
 
 # the limits of the provider's moderation endpoint when no PROMPTMILL_MODERATION_MODEL names it
 MODERATION_LIMITS = "moderation"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from processors.runtime.metrics import Registry
 from schemas import Usage
+from topics.metrics import Registry
 
 
 class PromptMetrics:

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from processors.cache import Coalescer, request_key
 from processors.fleet import FleetState
+from processors.fleet.tenants import TenantWatch
 from processors.fleet.ticket import Ticket, estimate_tokens
 from processors.model import ModelCallError, ModelClient, ModelReply
 from processors.pricing import Price, cost_usd
@@ -40,6 +41,7 @@ from schemas.headers import job_headers
 from schemas.jobs import ModelParams
 from schemas.validation import describe_validation_error
 from topics import TopicCatalog, TopicKind
+from topics.budgets import Budget
 from topics.templates import TemplateStore
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,15 @@ log = logging.getLogger(__name__)
 
 class PromptTooLong(PromptmillError):
     code = ErrorCode.PROMPT_TOO_LONG
+
+
+class Cancelled(PromptmillError):
+    code = ErrorCode.CANCELLED
+
+
+class BudgetExceeded(PromptmillError):
+    code = ErrorCode.BUDGET_EXCEEDED
+    retriable = True  # a new period, or a raised budget, lets it run
 
 
 @dataclass(frozen=True)
@@ -77,7 +88,9 @@ class PromptProcessor:
         fleet: FleetState,
         config: PromptConfig,
         metrics: PromptMetrics,
+        tenants: TenantWatch | None = None,
     ) -> None:
+        self._tenants = tenants
         self._completions = catalog.name(TopicKind.COMPLETIONS)
         self._dead = DeadLetters(catalog.name(TopicKind.FAILURES), Stage.PROMPT)
         self._templates = templates
@@ -94,8 +107,12 @@ class PromptProcessor:
 
     async def start(self) -> None:
         await self._model.start()
+        if self._tenants is not None:
+            await self._tenants.start()
 
     async def stop(self) -> None:
+        if self._tenants is not None:
+            await self._tenants.stop()
         await self._model.stop()
 
     async def handle(self, record: InRecord) -> Sequence[Outcome]:
@@ -117,7 +134,7 @@ class PromptProcessor:
             self._metrics.model_errors.inc(code=exc.code.value)
             return [self._failure(record, job, exc.code, exc.message, exc.attempts, exc.retriable)]
         except PromptmillError as exc:
-            return [self._failure(record, job, exc.code, exc.message)]
+            return [self._failure(record, job, exc.code, exc.message, retriable=exc.retriable)]
         return [
             Outcome(
                 self._completions,
@@ -136,6 +153,8 @@ class PromptProcessor:
         return self._dead.of_error(record, error, self._about(job))
 
     async def _process(self, job: PromptJob, size: int) -> Completion:
+        if self._tenants is not None and self._tenants.cancelled(job.batch_id):
+            raise Cancelled(f"batch {job.batch_id} was cancelled before this job ran")
         ref = job.template_ref()
         template = self._templates.resolve(ref) if ref else None
         if template is not None:
@@ -181,6 +200,7 @@ class PromptProcessor:
         call = _Call(
             model,
             job.tenant,
+            job.key_id,
             messages,
             params.as_request(),
             prompt_estimate,
@@ -209,10 +229,15 @@ class PromptProcessor:
         if found.cached is not None:
             return _reply_from_cache(found.cached), True
         ticket = Ticket(self._fleet, call.model, call.tenant, call.reserved, found)
+        budgets, estimate = await self._reserve_budget(call)
+        spent = 0.0
         try:
             reply = await self._model.complete(call.model, call.messages, call.request, ticket)
+            spent = cost_usd(self._config.prices, reply.model or call.model, reply.usage)
         finally:
             self._metrics.rate_limit_wait.inc(ticket.waited)
+            if budgets:
+                await self._tenants_of().budgets.true_up(budgets, estimate, spent)
         await self._fleet.settle(
             key,
             _reply_to_cache(reply) if key else None,
@@ -222,6 +247,32 @@ class PromptProcessor:
             feedback=reply.feedback,
         )
         return reply, False
+
+    def _tenants_of(self) -> TenantWatch:
+        if self._tenants is None:
+            raise RuntimeError("budgets need the tenant watch")
+        return self._tenants
+
+    async def _reserve_budget(self, call: _Call) -> tuple[tuple[Budget, ...], float]:
+        """Reserve the call's estimated cost in its tenant's and key's budgets (if any);
+        raises :class:`BudgetExceeded` when one would go over."""
+        if self._tenants is None:
+            return (), 0.0
+        budgets = await self._tenants.budgets.applying(call.tenant, call.key_id)
+        if not budgets:
+            return (), 0.0
+        usage = Usage(
+            prompt_tokens=call.prompt_estimate,
+            completion_tokens=call.reserved - call.prompt_estimate,
+        )
+        estimate = cost_usd(self._config.prices, call.model, usage)
+        over = await self._tenants.budgets.reserve(budgets, estimate)
+        if over is not None:
+            raise BudgetExceeded(
+                f"the {over.scope}'s budget of ${over.limit_usd:g} per {over.period} is used up"
+                f" (this call needs ~${estimate:.6f})"
+            )
+        return budgets, estimate
 
     def _refund(self, call: _Call, reply: ModelReply) -> int:
         """Tokens to give back (or, negative, to charge) once the real usage is known:
@@ -271,6 +322,7 @@ class _Call:
 
     model: str
     tenant: str
+    key_id: str | None
     messages: list[ChatMessage]
     request: dict[str, Any]
     prompt_estimate: int

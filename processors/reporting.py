@@ -33,7 +33,6 @@ from pydantic import ValidationError
 from processors.retry import until_redis_answers
 from processors.runtime import InRecord, Outcome
 from processors.runtime.deadletters import About, DeadLetters
-from processors.runtime.metrics import Registry
 from processors.runtime.ordered import PartitionOrder
 from schemas import Completion, Failure, Stage, WindowReport, encode
 from schemas.reports import (
@@ -46,6 +45,7 @@ from schemas.reports import (
 )
 from schemas.results import terminal_record
 from topics import KafkaConnection, TopicCatalog, TopicKind
+from topics.metrics import Registry
 from topics.redis import REDIS_ERRORS, LuaScript, RedisClient, tagged
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ batch's totals add up, and ends with the batch manifest.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -137,7 +137,7 @@ class Client:
 
     async def submit_items(
         self,
-        items: Iterable[PromptJob | LineError],
+        items: Iterable[PromptJob | LineError] | AsyncIterable[PromptJob | LineError],
         *,
         batch_id: str,
         run: int | None = None,
@@ -175,7 +175,7 @@ class Client:
         pending: list[Any] = []
         manifest = report.manifest
         limit = await self.job_limit()
-        for item in items:
+        async for item in _each(items):
             value = b""
             if isinstance(item, PromptJob):
                 _pin_template(item, store, manifest.templates)
@@ -277,6 +277,17 @@ class TemplateRefKey:
 
     def __str__(self) -> str:
         return f"{self.name}@{self.label}"
+
+
+async def _each(
+    items: Iterable[PromptJob | LineError] | AsyncIterable[PromptJob | LineError],
+) -> AsyncIterator[PromptJob | LineError]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
 
 
 async def _acked(pending: list[Any]) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -155,58 +155,69 @@ def read_jobs(
     run: int = 1,
 ) -> Iterator[PromptJob | LineError]:
     """Yield a job or a :class:`LineError` for every non-blank line of ``path``."""
-    now = datetime.now(UTC)
+    parser = LineParser(batch_id=batch_id, tenant=tenant, fmt=fmt, template=template, run=run)
     with path.open("rb") as stream:
         for number, raw in _bounded_lines(stream, max_line_bytes):
             if isinstance(raw, _Oversize):
-                message = (
-                    f"line is {raw.size:,} bytes, over the job size limit of {max_line_bytes:,}"
-                )
-                text = raw.prefix.decode("utf-8", "replace")
-                yield LineError(
-                    number, ErrorCode.PAYLOAD_TOO_LARGE, message, text, None, raw.size, raw.sha256
-                )
-                continue
-            if not raw.strip():
-                continue
-            try:
-                # pydantic's parser, as the worker's: integers stay exact (orjson makes
-                # floats of those over 64 bits, and refuses those over a float's range)
-                data = from_json(raw, allow_inf_nan=False)
-            except ValueError as exc:
-                message = f"invalid JSON: {one_line(str(exc), 500)}"
-                yield LineError.of(number, ErrorCode.INVALID_JSON, message, raw)
-                continue
-            if not isinstance(data, dict):
-                yield LineError.of(
-                    number, ErrorCode.SCHEMA_ERROR, "a line must be a JSON object", raw
-                )
-                continue
-            if fmt is InputFormat.AUTO:
-                fmt = InputFormat.OPENAI_BATCH if "body" in data else InputFormat.PROMPTMILL
-            try:
-                fields = (
-                    _batch_fields(data)
-                    if fmt is InputFormat.OPENAI_BATCH
-                    else _job_fields(data, template)
-                )
-                job = PromptJob(
-                    job_id=line_job_id(batch_id, run, number),
-                    batch_id=batch_id,
-                    run=run,
-                    tenant=fields.pop("tenant", None) or tenant,
-                    submitted_at=now,
-                    source_line=number,
-                    **fields,
-                )
-            except ValidationError as exc:
-                code, message = describe_validation_error(exc)
-                yield LineError.of(number, code, message, raw, _custom_id(data))
-            except ValueError as exc:
-                message = one_line(str(exc), 1000)
-                yield LineError.of(number, ErrorCode.SCHEMA_ERROR, message, raw, _custom_id(data))
-            else:
-                yield job
+                yield parser.oversize(number, raw.prefix, raw.size, raw.sha256, max_line_bytes)
+            elif (item := parser.parse(number, raw)) is not None:
+                yield item
+
+
+@dataclass
+class LineParser:
+    """Turns input lines into jobs (or :class:`LineError`) of one batch run."""
+
+    batch_id: str
+    tenant: str
+    fmt: InputFormat = InputFormat.AUTO
+    template: str | None = None
+    run: int = 1
+    key_id: str | None = None
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def oversize(self, number: int, prefix: bytes, size: int, sha256: str, limit: int) -> LineError:
+        message = f"line is {size:,} bytes, over the job size limit of {limit:,}"
+        text = prefix[:RAW_PREFIX_BYTES].decode("utf-8", "replace")
+        return LineError(number, ErrorCode.PAYLOAD_TOO_LARGE, message, text, None, size, sha256)
+
+    def parse(self, number: int, raw: bytes) -> PromptJob | LineError | None:
+        """The job of line ``number`` (``None`` for a blank line)."""
+        if not raw.strip():
+            return None
+        try:
+            # pydantic's parser, as the worker's: integers stay exact (orjson makes
+            # floats of those over 64 bits, and refuses those over a float's range)
+            data = from_json(raw, allow_inf_nan=False)
+        except ValueError as exc:
+            message = f"invalid JSON: {one_line(str(exc), 500)}"
+            return LineError.of(number, ErrorCode.INVALID_JSON, message, raw)
+        if not isinstance(data, dict):
+            return LineError.of(number, ErrorCode.SCHEMA_ERROR, "a line must be a JSON object", raw)
+        if self.fmt is InputFormat.AUTO:
+            self.fmt = InputFormat.OPENAI_BATCH if "body" in data else InputFormat.PROMPTMILL
+        try:
+            fields = (
+                _batch_fields(data)
+                if self.fmt is InputFormat.OPENAI_BATCH
+                else _job_fields(data, self.template)
+            )
+            return PromptJob(
+                job_id=line_job_id(self.batch_id, self.run, number),
+                batch_id=self.batch_id,
+                run=self.run,
+                tenant=fields.pop("tenant", None) or self.tenant,
+                key_id=self.key_id,
+                submitted_at=self.now,
+                source_line=number,
+                **fields,
+            )
+        except ValidationError as exc:
+            code, message = describe_validation_error(exc)
+            return LineError.of(number, code, message, raw, _custom_id(data))
+        except ValueError as exc:
+            message = one_line(str(exc), 1000)
+            return LineError.of(number, ErrorCode.SCHEMA_ERROR, message, raw, _custom_id(data))
 
 
 def _custom_id(data: dict[str, Any]) -> str | None:
@@ -233,15 +244,24 @@ def _batch_fields(data: dict[str, Any]) -> dict[str, Any]:
             f"field url: only POST {CHAT_URL} is supported, got {line.method} {line.url}"
         )
     body = dict(line.body)
+    model = body.pop("model", None)
+    if body.get("n") == 1:
+        del body["n"]
+    if "template" in body:  # beyond OpenAI: a template and its variables (extra_body)
+        if "messages" in body:
+            raise ValueError("field body: give either messages or a template, not both")
+        template, variables = body.pop("template"), body.pop("variables", {})
+        if not isinstance(template, str):
+            raise ValueError("field body.template: must be a string (NAME, NAME@3, NAME@LABEL)")
+        params = ModelParams.model_validate(body)
+        fields = {"custom_id": line.custom_id, "template": template, "variables": variables}
+        return fields | {"model": model, "params": params}
     given = body.pop("messages", None) or []
     if not isinstance(given, list):
         raise ValueError("field body.messages: must be a list of messages")
     messages = [_flatten(i, m) for i, m in enumerate(given)]
     if not messages:
         raise ValueError("field body.messages: a chat request needs messages")
-    model = body.pop("model", None)
-    if body.get("n") == 1:
-        del body["n"]
     params = ModelParams.model_validate(body)
     return {"custom_id": line.custom_id, "messages": messages, "model": model, "params": params}
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from promptmill.dev.processes import StackError
 from promptmill.dev.stack import StackInfo, load_stack
 from promptmill.settings import Settings, SettingsError
 from topics import KafkaConnection, TopicCatalog
+from topics.blobs import BlobStore, open_blob_store
 from topics.redis import RedisClient, connect_redis
 
 SIM_MODEL = "promptmill-sim"
@@ -30,6 +32,8 @@ def stack_of(settings: Settings) -> StackInfo | None:
 
 
 def kafka_connection(settings: Settings) -> KafkaConnection:
+    """Explicit settings, else the local stack's broker; a secure stack (``dev up --secure``)
+    brings its SASL_SSL settings too, unless ``PROMPTMILL_KAFKA_SECURITY_PROTOCOL`` is set."""
     servers = settings.kafka_bootstrap_servers
     if servers is None:
         stack = stack_of(settings)
@@ -39,6 +43,20 @@ def kafka_connection(settings: Settings) -> KafkaConnection:
                 "with `promptmill dev up`"
             )
         servers = stack.kafka.bootstrap
+        security = stack.kafka.security
+        if security is not None and "kafka_security_protocol" not in settings.model_fields_set:
+            try:
+                secret = security.password()
+            except StackError as exc:
+                raise SettingsError(str(exc)) from None
+            return KafkaConnection(
+                bootstrap_servers=servers,
+                security_protocol=security.protocol,
+                sasl_mechanism=security.mechanism,
+                sasl_username=security.username,
+                sasl_password=secret,
+                ssl_cafile=security.ca_file,
+            )
     password = settings.kafka_sasl_password
     return KafkaConnection(
         bootstrap_servers=servers,
@@ -79,6 +97,16 @@ def redis(settings: Settings) -> RedisClient | None:
     Redis is configured or running. The caller closes it (``aclose``)."""
     url = redis_url(settings)
     return connect_redis(url, cluster=settings.redis_cluster) if url is not None else None
+
+
+def blob_store(settings: Settings) -> BlobStore:
+    """Where the front door's files live: ``PROMPTMILL_BLOB_URL``, else ``files/`` in the
+    state dir (one machine; a multi-node deployment sets an ``s3://`` URL)."""
+    url = settings.blob_url or str(settings.state_dir / "files")
+    try:
+        return open_blob_store(url)
+    except ValueError as exc:
+        raise SettingsError(f"bad setting PROMPTMILL_BLOB_URL: {exc}") from None
 
 
 def model_endpoint(settings: Settings) -> ModelEndpoint:

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from promptmill.commands import admin, batch, dev, lag, report, worker
+from promptmill.commands import admin, batch, dev, lag, report, serve, worker
 from promptmill.dev.processes import StackError
 from promptmill.dev.stack import BROKER_COUNTS
 from promptmill.settings import load_settings
@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=BROKER_COUNTS,
         help="Kafka brokers: 3 is a KRaft cluster with replicated topics (default: 1, "
         "or as many as already run)",
+    )
+    p.add_argument(
+        "--secure",
+        action="store_true",
+        help="Kafka listens for clients on SASL_SSL only (SCRAM-SHA-512, a CA made at start)",
     )
     command("down", dev.dev_down, "stop the local stack and delete its data", devsub)
     command("status", dev.dev_status, "show what runs where", devsub)
@@ -87,6 +92,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--processor", choices=list(worker.PROCESSORS), default="prompts")
     p.add_argument("--concurrency", type=int, help="jobs in flight (default: setting)")
+
+    p = command("serve", serve.serve, "the OpenAI-compatible Files and Batches API over HTTP")
+    p.add_argument("--host", help="address to listen on (default: PROMPTMILL_SERVE_HOST)")
+    p.add_argument("--port", type=int, help="port (default: PROMPTMILL_SERVE_PORT; 0: any)")
+
+    kp = sub.add_parser("keys", help="API keys of the HTTP front door")
+    ksub = kp.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    p = command("create", serve.keys_create, "create a key (printed once)", ksub)
+    p.add_argument("tenant")
+    p.add_argument(
+        "--role",
+        action="append",
+        choices=["reader", "submitter", "admin"],
+        required=True,
+        help="repeat for several",
+    )
+    p.add_argument("--name", help="what the key is for")
+    p.add_argument("--model", action="append", help="allow only these models (repeat)")
+    p.add_argument("--expires-days", type=float, help="expire after this many days")
+    p.add_argument("--budget-usd", type=float, help="spending budget of this key")
+    p.add_argument("--budget-period", choices=["day", "month"], default="month")
+    p = command("list", serve.keys_list, "list keys (never their secrets)", ksub)
+    p.add_argument("--tenant")
+    p = command("revoke", serve.keys_revoke, "revoke a key", ksub)
+    p.add_argument("key_id")
+
+    tp2 = sub.add_parser("tenants", help="tenant quotas and budgets")
+    tsub2 = tp2.add_subparsers(dest="tenants_command", required=True, metavar="ACTION")
+    p = command("set", serve.tenants_set, "set a tenant's quotas and budget", tsub2)
+    p.add_argument("tenant")
+    p.add_argument("--rpm", type=int, help="requests per minute, fleet-wide")
+    p.add_argument("--tpm", type=int, help="tokens per minute, fleet-wide")
+    p.add_argument("--budget-usd", type=float, help="USD per period")
+    p.add_argument("--budget-period", choices=["day", "month"], default="month")
+    command("show", serve.tenants_show, "tenants' quotas and budget use", tsub2)
+
+    p = command("audit", serve.audit, "the audit trail: who did what, when")
+    p.add_argument("--since", help="ISO time or a duration back (90m, 2h, 7d)")
+    p.add_argument("--tenant", help="only this tenant's objects and keys")
+    p.add_argument("--format", choices=["table", "json"], default="table")
 
     p = command("report", report.report, "usage, cost and latency by template, model, tenant")
     report.add_options(p)

@@ -113,6 +113,17 @@ class Settings(BaseSettings):
     report_window_seconds: int = Field(default=60, ge=1, le=86400)
     report_flush_seconds: float = Field(default=1.0, gt=0)
 
+    # The HTTP front door (promptmill serve)
+    serve_host: str = "127.0.0.1"
+    serve_port: int = Field(default=8080, ge=0, le=65535)
+    serve_tls_cert: Path | None = None
+    serve_tls_key: Path | None = None
+    serve_max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
+    serve_max_requests: int = Field(default=50_000, ge=1)
+    blob_url: str | None = None
+    s3_endpoint_url: str | None = None
+    operator: str | None = Field(default=None, max_length=128)
+
     # Observability
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(default=9464, ge=0, le=65535)

@@ -17,20 +17,25 @@ from processors.classifier import Classifier
 from processors.fleet import FleetState, LimitTable
 from processors.fleet.credentials import CredentialGuard
 from processors.fleet.state import FleetConfig
+from processors.fleet.tenants import TenantWatch
 from processors.model import ModelClient
 from processors.moderation import ModerationProcessor
+from processors.outputs import OutputFiles
 from processors.prompt_metrics import PromptMetrics
 from processors.prompts import PromptConfig, PromptProcessor
 from processors.reporting import ReportingConfig, ReportingProcessor
 from processors.retry import Backoff
 from processors.runtime import Processor
-from processors.runtime.metrics import Registry
 from processors.templates.pool import PoolConfig, RenderPool
 from processors.templates.render import Renderer
 from promptmill import app
 from promptmill.settings import Settings, SettingsError
 from topics import TopicKind
 from topics.batch_index import BatchIndex
+from topics.budgets import Budgets
+from topics.keys import KeyStore
+from topics.metrics import Registry
+from topics.objects import Objects
 from topics.redis import RedisClient
 from topics.templates import TemplateRegistry
 
@@ -48,12 +53,17 @@ class Built:
 async def build(
     name: str, settings: Settings, resources: AsyncExitStack, metrics: Registry
 ) -> Built:
-    """The processor ``name`` (prompts, moderation, batches, reporting), ready to run."""
+    """The processor ``name`` (prompts, moderation, batches, reporting, outputs), ready to
+    run."""
     conn, catalog = app.kafka_connection(settings), app.catalog(settings)
     prefix = settings.redis_key_prefix
     if name == "batches":
         redis = _required_redis(settings, resources)
         return Built(BatchTracker(catalog, redis, prefix, BatchIndex(redis, prefix, conn, catalog)))
+    if name == "outputs":
+        redis = _required_redis(settings, resources)
+        objects = Objects(redis, prefix)
+        return Built(OutputFiles(catalog, redis, prefix, objects, app.blob_store(settings)))
     if name == "reporting":
         redis = _required_redis(settings, resources)
         config = ReportingConfig(
@@ -74,7 +84,10 @@ async def build(
         rate_limit_max_wait=settings.rate_limit_max_wait_seconds,
         guard=guard,
     )
-    fleet = _fleet(settings, shared)
+    limits = LimitTable(
+        settings.model_limits, settings.tenant_limits, settings.rate_limit_burst_seconds
+    )
+    fleet = _fleet(settings, shared, limits)
     if name == "moderation":
         classifier = None
         if settings.moderation_template:
@@ -106,17 +119,32 @@ async def build(
             prices=settings.model_prices,
         ),
         PromptMetrics(metrics),
+        _tenant_watch(settings, shared, limits, metrics),
     )
     return Built(prompts, guard)
 
 
-def _fleet(settings: Settings, redis: RedisClient | None) -> FleetState:
+def _tenant_watch(
+    settings: Settings, redis: RedisClient | None, limits: LimitTable, metrics: Registry
+) -> TenantWatch | None:
+    """Cancellations, tenant quotas and budgets, followed from Redis (none without it)."""
+    if redis is None:
+        return None
+    prefix = settings.redis_key_prefix
+    watch = TenantWatch(redis, prefix, Budgets(redis, prefix, KeyStore(redis, prefix)), limits)
+    metrics.gauge(
+        "promptmill_cancelled_batches",
+        "Cancelled batches this worker knows of (their jobs that have not run are skipped).",
+        read=lambda: {(): float(watch.known_cancelled)},
+    )
+    return watch
+
+
+def _fleet(settings: Settings, redis: RedisClient | None, limits: LimitTable) -> FleetState:
     return FleetState(
         redis,
         settings.redis_key_prefix,
-        LimitTable(
-            settings.model_limits, settings.tenant_limits, settings.rate_limit_burst_seconds
-        ),
+        limits,
         FleetConfig(
             cache_ttl_seconds=settings.cache_ttl_seconds,
             local_share=settings.rate_limit_local_share,

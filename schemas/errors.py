@@ -26,6 +26,8 @@ class ErrorCode(StrEnum):
     CONTENT_FILTER = "content_filter"
     PAYLOAD_TOO_LARGE = "payload_too_large"  # the job record itself is over the job size limit
     OUTPUT_TOO_LARGE = "output_too_large"  # its result would not fit the topic it goes to
+    CANCELLED = "cancelled"  # its batch was cancelled before the job ran
+    BUDGET_EXCEEDED = "budget_exceeded"  # its tenant's or key's spending budget is used up
     INTERNAL_ERROR = "internal_error"
 
 

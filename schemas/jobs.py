@@ -122,6 +122,7 @@ class PromptJob(BaseModel):
     batch_id: str = Field(min_length=1, max_length=128)
     run: int = Field(default=1, ge=1, le=INT32_MAX)  # of the batch id (see BatchManifest)
     tenant: str = Field(default="default", min_length=1, max_length=128)
+    key_id: str | None = Field(default=None, max_length=64)  # the API key that submitted it
     custom_id: str | None = Field(default=None, max_length=512)
     template: str | None = Field(default=None, max_length=300)
     template_version: int | None = Field(default=None, ge=1, le=INT32_MAX)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import datetime
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
@@ -28,7 +29,7 @@ from schemas.batches import batch_record
 from topics.catalog import TopicCatalog, TopicKind
 from topics.connection import KafkaConnection
 from topics.partitions import read_to_end, topic_partitions
-from topics.redis import LuaScript, RedisClient, tagged
+from topics.redis import LuaScript, RedisClient, tagged, text
 
 TTL_SECONDS = 30 * 24 * 3600  # the batches topic's default retention
 
@@ -66,6 +67,40 @@ class NoSuchBatch(PromptmillError):
 
 def index_key(prefix: str, batch_id: str) -> str:
     return tagged(prefix, batch_id, "batch")
+
+
+def counters_key(prefix: str, batch_id: str, run: int) -> str:
+    """A run's counters, kept by the batch tracker (in the batch index's hash slot). A
+    ``stream`` field set before the run is submitted asks the tracker to also append each
+    job's terminal record, once, to :func:`lines_key` (the front door's batches)."""
+    return tagged(prefix, batch_id, "run", str(run))
+
+
+def jobs_key(prefix: str, batch_id: str, run: int) -> str:
+    """The job ids counted in a run."""
+    return tagged(prefix, batch_id, "run", str(run), "jobs")
+
+
+def lines_key(prefix: str, batch_id: str, run: int) -> str:
+    """A stream of the run's terminal records (raw JSON, field ``r``), each job once."""
+    return tagged(prefix, batch_id, "run", str(run), "lines")
+
+
+STREAM_FIELD = "stream"
+
+
+async def read_lines(
+    redis: RedisClient, prefix: str, batch_id: str, after: str | None, count: int
+) -> list[tuple[str, bytes]]:
+    """Up to ``count`` (cursor, record) of the run-1 stream of ``batch_id`` after the cursor
+    ``after`` (``None``: from the start)."""
+    start = f"({after}" if after else "-"
+    entries = await redis.xrange(lines_key(prefix, batch_id, 1), min=start, count=count)
+    return [(text(entry_id), _raw((values or {}).get(b"r"))) for entry_id, values in entries or []]
+
+
+def _raw(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value or "").encode()
 
 
 class BatchIndex:

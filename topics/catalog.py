@@ -4,9 +4,10 @@
 carry the terminal records; ``<prefix>.templates`` is compacted and holds every template
 version and label; ``<prefix>.batches`` holds batch manifests; ``<prefix>.moderation``
 holds one verdict per completion, which is also routed to ``<prefix>.approved`` or
-``<prefix>.flagged``; ``<prefix>.reports`` holds windowed usage reports. Partitions, replication
-and retention come from settings; cleanup policy is part of the contract. With three or
-more replicas every topic also asks for two in-sync replicas (see ``MIN_INSYNC_REPLICAS``).
+``<prefix>.flagged``; ``<prefix>.reports`` holds windowed usage reports; ``<prefix>.audit``
+is the append-only audit trail. Partitions, replication and retention come from settings;
+cleanup policy is part of the contract. With three or more replicas every topic also asks
+for two in-sync replicas (see ``MIN_INSYNC_REPLICAS``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class TopicKind(StrEnum):
     APPROVED = "approved"
     FLAGGED = "flagged"
     REPORTS = "reports"
+    AUDIT = "audit"
 
 
 class ConsumerGroup(StrEnum):
@@ -36,6 +38,7 @@ class ConsumerGroup(StrEnum):
     MODERATION = "moderation"
     BATCHES = "batches"
     REPORTING = "reporting"
+    OUTPUTS = "outputs"
 
 
 class TransactionalId(StrEnum):
@@ -54,6 +57,7 @@ DEFAULT_PARTITIONS: dict[TopicKind, int] = {
     TopicKind.APPROVED: 6,
     TopicKind.FLAGGED: 3,
     TopicKind.REPORTS: 3,
+    TopicKind.AUDIT: 1,  # one partition: the trail reads in the order it was written
 }
 DEFAULT_RETENTION_MS: dict[TopicKind, int] = {
     TopicKind.JOBS: 7 * DAY_MS,
@@ -65,6 +69,7 @@ DEFAULT_RETENTION_MS: dict[TopicKind, int] = {
     TopicKind.APPROVED: 14 * DAY_MS,
     TopicKind.FLAGGED: 30 * DAY_MS,
     TopicKind.REPORTS: 90 * DAY_MS,
+    TopicKind.AUDIT: 400 * DAY_MS,
 }
 COMPACTED = {TopicKind.TEMPLATES}
 # With acks=all a write is acknowledged once every in-sync replica has it. Two in-sync

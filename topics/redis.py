@@ -73,6 +73,11 @@ def connect_redis(
     return Redis.from_pool(pool)
 
 
+def text(value: Any) -> str:
+    """A Redis reply (bytes, or str from a decoding client) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def tagged(prefix: str, tag: str, *rest: str) -> str:
     """A key in the hash slot of ``tag``: ``prefix:{tag}:rest...`` (``{`` and ``}`` in the
     tag are replaced, so a user-given id cannot move the key to another slot)."""

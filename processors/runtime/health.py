@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from processors.runtime.metrics import Registry
+from topics.metrics import Registry
 
 log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from processors.runtime.metrics import LabelValues, Registry
+from topics.metrics import LabelValues, Registry
 
 
 class RuntimeMetrics:

@@ -30,12 +30,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from processors.runtime.fit import OutcomeTooLarge, shrink, size_of
-from processors.runtime.metrics import Registry
 from processors.runtime.observe import RuntimeMetrics
 from processors.runtime.offsets import OffsetTracker
 from processors.runtime.records import InRecord, Outcome
 from topics import KafkaConnection
 from topics.limits import TopicLimits
+from topics.metrics import Registry
 
 log = logging.getLogger(__name__)
 MAX_REQUEST_SIZE = 64 * 1024 * 1024  # the client-side cap; each topic's own limit is fitted to

@@ -14,11 +14,11 @@ from processors.prompts import PromptProcessor
 from processors.reporting import ReportingProcessor
 from processors.runtime import Worker, WorkerConfig
 from processors.runtime.health import HealthServer
-from processors.runtime.metrics import Registry
 from promptmill import app
 from promptmill.settings import Settings
 from promptmill.wiring import build
 from topics import ConsumerGroup, TopicKind
+from topics.metrics import Registry
 
 log = logging.getLogger(__name__)
 PROCESSORS = {
@@ -29,6 +29,7 @@ PROCESSORS = {
         ConsumerGroup.BATCHES,
     ),
     "reporting": ([TopicKind.COMPLETIONS, TopicKind.FAILURES], ConsumerGroup.REPORTING),
+    "outputs": ([TopicKind.BATCHES], ConsumerGroup.OUTPUTS),
 }
 
 

@@ -53,10 +53,11 @@ class Env:
     workers: list[WorkerProcess] = field(default_factory=list)
     replication: int = 1  # of the topics it creates (3 on a 3-node cluster: failover tests)
     redis_cluster: bool = False  # endpoints.redis_url is a node of a Redis Cluster
+    connection: KafkaConnection | None = None  # of a secured broker (else PLAINTEXT)
 
     @property
     def conn(self) -> KafkaConnection:
-        return KafkaConnection(self.endpoints.bootstrap)
+        return self.connection or KafkaConnection(self.endpoints.bootstrap)
 
     @property
     def catalog(self) -> TopicCatalog:
@@ -109,6 +110,21 @@ class Env:
         worker = WorkerProcess.start(self.environ(**overrides), self.state_dir, args)
         self.workers.append(worker)
         return worker
+
+    def start_serve(self, port: int | None = None, **overrides: str) -> tuple[WorkerProcess, str]:
+        """``promptmill serve`` in this env: the process and its base URL (``…/v1``)."""
+        port = port or free_port()
+        args = ("--host", "127.0.0.1", "--port", str(port))
+        serve = WorkerProcess.start(self.environ(**overrides), self.state_dir, args, "serve")
+        self.workers.append(serve)
+        return serve, f"http://127.0.0.1:{port}/v1"
+
+    def api_key(self, tenant: str, *roles: str, **options: str) -> str:
+        """A new API key of ``tenant`` with ``roles`` (``options``: more ``keys create``
+        flags, e.g. ``budget_usd="0.01"``)."""
+        flags = [f"--role={role}" for role in roles]
+        flags += [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+        return self.cli("keys", "create", tenant, *flags).stdout.strip()
 
     async def setup_topics(self) -> None:
         await apply_topics(self.conn, self.catalog)
@@ -190,17 +206,23 @@ class Env:
 
 @dataclass
 class WorkerProcess:
-    """``promptmill worker`` in its own process, with its log in a file."""
+    """``promptmill worker`` (or ``serve``) in its own process, with its log in a file."""
 
     process: subprocess.Popen[bytes]
     log: Path
 
     @classmethod
-    def start(cls, env: dict[str, str], state_dir: Path, args: Sequence[str] = ()) -> WorkerProcess:
-        log = state_dir / f"worker-{uuid.uuid4().hex[:6]}.log"
+    def start(
+        cls,
+        env: dict[str, str],
+        state_dir: Path,
+        args: Sequence[str] = (),
+        command: str = "worker",
+    ) -> WorkerProcess:
+        log = state_dir / f"{command}-{uuid.uuid4().hex[:6]}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "promptmill", "worker", *args],
+                [sys.executable, "-m", "promptmill", command, *args],
                 env=env,
                 cwd=ROOT,
                 stdout=out,

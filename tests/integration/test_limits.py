@@ -19,7 +19,6 @@ from processors.model import ModelClient
 from processors.prompt_metrics import PromptMetrics
 from processors.prompts import PromptConfig, PromptProcessor
 from processors.runtime import InRecord
-from processors.runtime.metrics import Registry
 from processors.templates.pool import PoolConfig, RenderPool
 from processors.templates.render import Renderer
 from promptmill.dev.harness import (
@@ -33,6 +32,7 @@ from promptmill.dev.harness import (
 )
 from schemas import ChatMessage, Completion, PromptJob, decode, encode
 from schemas.jobs import ModelParams
+from topics.metrics import Registry
 from topics.templates import TemplateStore
 
 TEMPLATES = Path(__file__).parent / "templates"

@@ -316,6 +316,8 @@ def test_error_codes_are_the_closed_set() -> None:
         "content_filter",
         "payload_too_large",
         "output_too_large",
+        "cancelled",
+        "budget_exceeded",
         "internal_error",
     }
     assert ErrorCode("model_timeout") is ErrorCode.MODEL_TIMEOUT

@@ -141,6 +141,7 @@ def test_catalog_names_and_specs() -> None:
         TopicKind.APPROVED: "staging.approved",
         TopicKind.FLAGGED: "staging.flagged",
         TopicKind.REPORTS: "staging.reports",
+        TopicKind.AUDIT: "staging.audit",
     }
     assert catalog.group(ConsumerGroup.PROMPTS) == "staging.prompts"
     assert catalog.group(ConsumerGroup.REPORTING) == "staging.reporting"
@@ -155,6 +156,8 @@ def test_catalog_names_and_specs() -> None:
         assert specs[kind].config["cleanup.policy"] == "delete"
     assert specs[TopicKind.JOBS].config["retention.ms"] == str(7 * DAY_MS)
     assert specs[TopicKind.JOBS].partitions == 12
+    audit = specs[TopicKind.AUDIT]  # append-only, read in the order written
+    assert (audit.partitions, audit.config["cleanup.policy"]) == (1, "delete")
 
 
 def test_catalog_overrides() -> None:
