@@ -25,6 +25,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from pydantic import ValidationError
 
 from schemas import LabelRecord, PromptmillError, Template, encode
+from schemas.audit import Actor, AuditAction, AuditEvent
 from schemas.templates import TemplateBody
 from topics import KafkaConnection, TopicCatalog, TopicKind
 from topics.catalog import TransactionalId
@@ -116,7 +117,11 @@ def _line_of(node: Any, loc: list[Any]) -> int:
 
 
 async def push_templates(
-    conn: KafkaConnection, catalog: TopicCatalog, files: list[TemplateFile], label: str | None
+    conn: KafkaConnection,
+    catalog: TopicCatalog,
+    files: list[TemplateFile],
+    label: str | None,
+    actor: Actor,
 ) -> list[str]:
     """Publish changed templates as new versions and move ``label``; returns what was done.
 
@@ -143,11 +148,16 @@ async def push_templates(
                 actions.append(f"{name}: label {label} -> version {version}")
         return records, actions
 
-    return await _transaction(conn, catalog, plan)
+    return await _transaction(conn, catalog, plan, actor)
 
 
 async def move_label(
-    conn: KafkaConnection, catalog: TopicCatalog, name: str, label: str, version: int
+    conn: KafkaConnection,
+    catalog: TopicCatalog,
+    name: str,
+    label: str,
+    version: int,
+    actor: Actor,
 ) -> None:
     """Point ``name@label`` at an existing ``version`` (a rollback is just this)."""
 
@@ -155,7 +165,7 @@ async def move_label(
         store.resolve(f"{name}@{version}")  # raises UnknownTemplate naming what is missing
         return [LabelRecord(name=name, label=label, version=version)], []
 
-    await _transaction(conn, catalog, plan)
+    await _transaction(conn, catalog, plan, actor)
 
 
 def _retrieve(producer: Any, sent: list[asyncio.Future[Any]]) -> None:
@@ -172,7 +182,26 @@ def _retrieve(producer: Any, sent: list[asyncio.Future[Any]]) -> None:
 Plan = Callable[[TemplateStore], tuple[list[Template | LabelRecord], list[str]]]
 
 
-async def _transaction(conn: KafkaConnection, catalog: TopicCatalog, plan: Plan) -> list[str]:
+def _audit(actor: Actor, record: Template | LabelRecord, store: TemplateStore) -> AuditEvent:
+    """The audit event of one record of a push (a label move names the version it left)."""
+    if isinstance(record, Template):
+        details: dict[str, Any] = {"version": record.version, "content_hash": record.content_hash}
+        return AuditEvent(
+            actor=actor, action=AuditAction.TEMPLATE_PUSHED, target=record.name, details=details
+        )
+    details = {
+        "label": record.label,
+        "from_version": store.labels(record.name).get(record.label),
+        "to_version": record.version,
+    }
+    return AuditEvent(
+        actor=actor, action=AuditAction.LABEL_MOVED, target=record.name, details=details
+    )
+
+
+async def _transaction(
+    conn: KafkaConnection, catalog: TopicCatalog, plan: Plan, actor: Actor
+) -> list[str]:
     """Read the templates topic, decide what to write, and write it, as one compare-and-set.
 
     Every writer of the templates topic uses one transactional id. Starting a producer
@@ -181,8 +210,11 @@ async def _transaction(conn: KafkaConnection, catalog: TopicCatalog, plan: Plan)
     that read before another push's commit has been fenced by it, fails to commit, and
     starts over from a fresh read (which then sees the other version and picks the next
     number). Readers see committed records only (:class:`~topics.templates.TemplateRegistry`).
+    The audit events of the records go in the same transaction: the trail has a push
+    exactly when the registry has it.
     """
     topic = catalog.name(TopicKind.TEMPLATES)
+    audit_topic = catalog.name(TopicKind.AUDIT)
     for attempt in range(1, PUSH_ATTEMPTS + 1):
         producer = AIOKafkaProducer(
             **conn.client_options(),
@@ -195,11 +227,15 @@ async def _transaction(conn: KafkaConnection, catalog: TopicCatalog, plan: Plan)
         try:
             async with TemplateRegistry(conn, topic, follow=False) as registry:
                 records, actions = plan(registry.store)
+                events = [_audit(actor, record, registry.store) for record in records]
             if not records:
                 return actions
             async with producer.transaction():
                 for record in records:
                     sent.append(await producer.send(topic, encode(record), key=record.key.encode()))
+                for event in events:
+                    key = event.target.encode()
+                    sent.append(await producer.send(audit_topic, encode(event), key=key))
             return actions
         except ProducerFenced:
             log.info("another template push won the race (attempt %d); reading again", attempt)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from promptmill.dev.processes import StackError
 from promptmill.dev.stack import StackInfo, load_stack
 from promptmill.settings import Settings, SettingsError
+from schemas.audit import Actor
 from topics import KafkaConnection, TopicCatalog
 from topics.blobs import BlobStore, open_blob_store
 from topics.redis import RedisClient, connect_redis
@@ -97,6 +98,11 @@ def redis(settings: Settings) -> RedisClient | None:
     Redis is configured or running. The caller closes it (``aclose``)."""
     url = redis_url(settings)
     return connect_redis(url, cluster=settings.redis_cluster) if url is not None else None
+
+
+def operator(settings: Settings) -> Actor:
+    """The command line's identity in the audit trail (``PROMPTMILL_OPERATOR``)."""
+    return Actor(operator=settings.operator or "unnamed-operator")
 
 
 def blob_store(settings: Settings) -> BlobStore:

@@ -140,7 +140,11 @@ async def demo(settings: Settings, args: argparse.Namespace) -> None:
             print("  " + line)
         print("== pushing templates from examples/templates with label production", flush=True)
         for line in await push_templates(
-            conn, catalog, load_template_dir(EXAMPLES / "templates"), "production"
+            conn,
+            catalog,
+            load_template_dir(EXAMPLES / "templates"),
+            "production",
+            app.operator(local),
         ):
             print("  " + line)
         for processor in ("prompts", "batches", "reporting"):

@@ -80,8 +80,11 @@ async def read_audit(
 ) -> AsyncIterator[AuditEvent]:
     """The events so far, oldest first; only those at or after ``since`` and of
     ``tenant`` (its objects, or acted by its keys) when given."""
-    consumer = AIOKafkaConsumer(
-        **conn.client_options(), enable_auto_commit=False, auto_offset_reset="earliest"
+    consumer = AIOKafkaConsumer(  # committed only: template pushes write it transactionally
+        **conn.client_options(),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
     )
     await consumer.start()
     try:

@@ -37,13 +37,13 @@ async def topics_describe(settings: Settings, args: argparse.Namespace) -> None:
 async def templates_push(settings: Settings, args: argparse.Namespace) -> None:
     files = load_template_dir(args.directory)
     conn, catalog = app.kafka_connection(settings), app.catalog(settings)
-    for line in await push_templates(conn, catalog, files, args.label):
+    for line in await push_templates(conn, catalog, files, args.label, app.operator(settings)):
         print(line)
 
 
 async def templates_label(settings: Settings, args: argparse.Namespace) -> None:
     conn, catalog = app.kafka_connection(settings), app.catalog(settings)
-    await move_label(conn, catalog, args.name, args.label, args.version)
+    await move_label(conn, catalog, args.name, args.label, args.version, app.operator(settings))
     print(f"{args.name}: label {args.label} -> version {args.version}")
 
 

@@ -18,7 +18,7 @@ from producers.serve.app import build_app, tls_context
 from producers.serve.context import Limits, Serve, ServeMetrics
 from promptmill import app
 from promptmill.settings import Settings, SettingsError
-from schemas.audit import Actor, AuditAction
+from schemas.audit import AuditAction
 from topics.audit import AuditLog, read_audit
 from topics.batch_index import BatchIndex
 from topics.budgets import Budgets, TenantPolicy
@@ -35,11 +35,6 @@ def _redis(settings: Settings) -> RedisClient:
     if redis is None:
         raise SettingsError("this command needs Redis: set REDIS_URL or `promptmill dev up`")
     return redis
-
-
-def operator(settings: Settings) -> Actor:
-    """The command line's identity in the audit trail (``PROMPTMILL_OPERATOR``)."""
-    return Actor(operator=settings.operator or "unnamed-operator")
 
 
 @asynccontextmanager
@@ -122,7 +117,7 @@ async def keys_create(settings: Settings, args: argparse.Namespace) -> None:
         )
         async with AuditLog(app.kafka_connection(settings), app.catalog(settings)) as audit:
             await audit.record(
-                operator(settings),
+                app.operator(settings),
                 AuditAction.KEY_CREATED,
                 key.key_id,
                 tenant=key.tenant,
@@ -153,7 +148,7 @@ async def keys_revoke(settings: Settings, args: argparse.Namespace) -> None:
         key = await KeyStore(redis, settings.redis_key_prefix).revoke(args.key_id)
         async with AuditLog(app.kafka_connection(settings), app.catalog(settings)) as audit:
             await audit.record(
-                operator(settings), AuditAction.KEY_REVOKED, key.key_id, tenant=key.tenant
+                app.operator(settings), AuditAction.KEY_REVOKED, key.key_id, tenant=key.tenant
             )
     finally:
         await redis.aclose()

@@ -111,9 +111,9 @@ class Env:
         self.workers.append(worker)
         return worker
 
-    def start_serve(self, port: int | None = None, **overrides: str) -> tuple[WorkerProcess, str]:
+    def start_serve(self, **overrides: str) -> tuple[WorkerProcess, str]:
         """``promptmill serve`` in this env: the process and its base URL (``…/v1``)."""
-        port = port or free_port()
+        port = free_port()
         args = ("--host", "127.0.0.1", "--port", str(port))
         serve = WorkerProcess.start(self.environ(**overrides), self.state_dir, args, "serve")
         self.workers.append(serve)

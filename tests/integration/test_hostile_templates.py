@@ -18,6 +18,7 @@ from producers.templates import TemplateFile, push_templates
 from promptmill.dev.harness import ROOT, Env, write_jsonl
 from promptmill.dev.processes import free_port
 from schemas import ChatMessage, Completion, ErrorCode, Failure, Template
+from schemas.audit import Actor
 from schemas.templates import TemplateBody
 from topics import TopicKind
 from topics.partitions import read_to_end, topic_partitions
@@ -133,6 +134,7 @@ async def test_racing_pushes_never_give_one_version_two_contents(env: Env, tmp_p
                         )
                     ],
                     "production",
+                    Actor(operator=who),
                 )
                 for who in ("alice", "bob")
             )
