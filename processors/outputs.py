@@ -110,7 +110,8 @@ class OutputFiles:
                 count += len(batch)
                 yield b"".join(batch_output_line(r) + b"\n" for r in batch)
 
-        file_id = await self._objects.set_batch_once(batch_id, field, new_file_id())
+        # fixed once, under a field of its own: the batch shows it only if the file exists
+        file_id = await self._objects.set_batch_once(batch_id, f"next_{field}", new_file_id())
         blob = f"files/{file_id}"
         size = await self._blobs.put(blob, chunks())
         if count == 0:

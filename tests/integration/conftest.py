@@ -22,6 +22,7 @@ from promptmill import app
 from promptmill.dev.cluster import KafkaNode, bootstrap_servers, start_cluster, stop_cluster
 from promptmill.dev.harness import CACHE_DIR, ROOT, Endpoints, Env, sim_call
 from promptmill.dev.redis_cluster import start_redis_cluster
+from promptmill.dev.s3 import WEED_VERSION, S3Server, WeedBuildError, ensure_weed, start_s3_server
 from promptmill.dev.stack import down, load_stack, up
 from promptmill.settings import Settings
 
@@ -51,6 +52,18 @@ async def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
     """A real 3-master Redis Cluster (started on first use): the URL of one of its nodes."""
     async with await start_redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
         yield cluster.url
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """SeaweedFS with an S3 gateway on loopback (built from the pinned version on first
+    use; the tests that need it are skipped, with the build's error, if it does not build)."""
+    try:
+        weed = ensure_weed()
+    except WeedBuildError as exc:
+        pytest.skip(f"SeaweedFS {WEED_VERSION} did not build: {exc}")
+    with start_s3_server(tmp_path_factory.mktemp("seaweedfs"), weed) as server:
+        yield server
 
 
 @pytest.fixture

@@ -56,6 +56,56 @@ SECURE: dict[str, Any] = {
     },
     "serviceMonitor": {"enabled": True},
 }
+# The front door with everything it can reference: HTTPS in the pods, an ingress with TLS,
+# an HPA, S3 with its key pair from a Secret, and a ServiceMonitor; Kafka and Redis as SECURE.
+SERVE_S3: dict[str, Any] = {
+    **SECURE,
+    "serve": {
+        "enabled": True,
+        "tls": {"existingSecret": "serve-tls", "certKey": "cert.pem", "keyKey": "key.pem"},
+        "ingress": {
+            "enabled": True,
+            "className": "nginx",
+            "annotations": {
+                "nginx.ingress.kubernetes.io/backend-protocol": "HTTPS",
+                "nginx.ingress.kubernetes.io/proxy-body-size": "200m",
+            },
+            "hosts": [
+                {"host": "llm.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}
+            ],
+            "tls": [{"secretName": "llm-example-tls", "hosts": ["llm.example.com"]}],
+        },
+        "autoscaling": {
+            "enabled": True,
+            "minReplicas": 3,
+            "maxReplicas": 12,
+            "targetCPUUtilizationPercentage": 60,
+        },
+    },
+    "blobStore": {
+        "url": "s3://promptmill-files/prod",
+        "s3": {
+            "endpointUrl": "https://minio.storage:9000",
+            "region": "eu-west-1",
+            "existingSecret": "s3-credentials",
+            "accessKeyIdKey": "id",
+            "secretAccessKeyKey": "secret",
+        },
+    },
+    "serviceMonitor": {
+        "enabled": True,
+        "serveTlsConfig": {
+            "serverName": "llm.example.com",
+            "ca": {"secret": {"name": "serve-tls", "key": "ca.crt"}},
+        },
+    },
+}
+# The front door on a directory shared through an existing claim, fixed replicas, no KEDA.
+SERVE_PVC: dict[str, Any] = {
+    "serve": {"enabled": True, "replicas": 3},
+    "blobStore": {"existingClaim": "promptmill-files", "subPath": "prod"},
+    "keda": {"enabled": False},
+}
 SCENARIOS: dict[str, dict[str, Any]] = {
     "keda": {},
     "hpa": {"keda": {"enabled": False}},
@@ -72,6 +122,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         }
     },
     "ssl-system-ca": {"kafka": {"securityProtocol": "SSL"}},
+    "serve-s3": SERVE_S3,
+    "serve-pvc": SERVE_PVC,
 }
 
 
@@ -188,8 +240,18 @@ def chart_values() -> dict[str, Any]:
     return values
 
 
-def enabled_processors() -> dict[str, dict[str, Any]]:
-    return {k: v for k, v in chart_values()["processors"].items() if v["enabled"]}
+def serves(scenario: str) -> bool:
+    """Whether the scenario runs the front door (``serve.enabled``)."""
+    return bool(SCENARIOS[scenario].get("serve", {}).get("enabled"))
+
+
+def enabled_processors(serve: bool = False) -> dict[str, dict[str, Any]]:
+    """The processors that run by default; those marked withServe only with ``serve``."""
+    return {
+        k: v
+        for k, v in chart_values()["processors"].items()
+        if v["enabled"] and (serve or not v.get("withServe"))
+    }
 
 
 def partitions_of(processor: dict[str, Any]) -> int:
@@ -204,5 +266,19 @@ def container(deployment: Manifest) -> Manifest:
     return found
 
 
+def serve_container(deployment: Manifest) -> Manifest:
+    [serve] = deployment["spec"]["template"]["spec"]["containers"]
+    assert serve["name"] == "serve"
+    found: Manifest = serve
+    return found
+
+
 def env_of(deployment: Manifest) -> dict[str, Manifest]:
-    return {e["name"]: e for e in container(deployment).get("env", [])}
+    [only] = deployment["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e for e in only.get("env", [])}
+
+
+def secret_refs(deployment: Manifest) -> dict[str, dict[str, str]]:
+    """The container's env entries that come from a Secret: name -> {name, key}."""
+    env = env_of(deployment)
+    return {k: v["valueFrom"]["secretKeyRef"] for k, v in env.items() if "valueFrom" in v}

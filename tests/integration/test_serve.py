@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from promptmill.dev.harness import Env, WorkerProcess, sim_call, wait_ready, write_jsonl
+from promptmill.dev.s3 import S3Server
 
 pytestmark = [pytest.mark.timeout(240)]
 MODEL = "promptmill-sim"
@@ -52,6 +53,15 @@ class Service:
 
     def client(self, key: str) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(api_key=key, base_url=self.base_url, max_retries=0)
+
+    async def until_completed(self, client: openai.AsyncOpenAI, batch_id: str, count: int) -> None:
+        """Wait until at least ``count`` requests of the batch have completed."""
+        for _ in range(3000):
+            counts = (await client.batches.retrieve(batch_id)).request_counts
+            if counts is not None and counts.completed >= count:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"batch {batch_id} did not reach {count} completed")
 
     async def finished(self, client: openai.AsyncOpenAI, batch_id: str, within: float = 90) -> Any:
         deadline = time.monotonic() + within
@@ -173,3 +183,24 @@ async def test_list_pagination_across_45_batches(service: Service, tmp_path: Pat
         first = await client.batches.list(limit=20)
     assert seen == list(reversed(created))  # newest first, each once
     assert first.has_more and len(first.data) == 20
+
+
+@pytest.mark.timeout(900)  # the first use builds SeaweedFS (minutes); then seconds
+async def test_sdk_batch_with_files_on_s3(env: Env, s3_server: S3Server, tmp_path: Path) -> None:
+    """The same round trip with every file in an S3-compatible store (SeaweedFS)."""
+    blobs = s3_server.env() | {"PROMPTMILL_BLOB_URL": f"s3://promptmill-test/{env.prefix}"}
+    service = Service(env, **blobs)
+    await service.ready()
+    key = env.api_key("acme", "submitter")
+    path = write_jsonl(tmp_path / "b.jsonl", [request_line(i) for i in range(20)])
+    async with service.client(key) as client:
+        uploaded = await client.files.create(file=path, purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        done = await service.finished(client, batch.id)
+        assert done.status == "completed" and done.output_file_id
+        output = lines_of((await client.files.content(done.output_file_id)).content)
+        assert (await client.files.content(uploaded.id)).content == path.read_bytes()
+    assert sorted(line["custom_id"] for line in output) == sorted(f"req-{i}" for i in range(20))
+    assert not (env.state_dir / "files").exists()  # nothing went to the local default

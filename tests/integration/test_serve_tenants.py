@@ -28,15 +28,6 @@ async def _batch(client: openai.AsyncOpenAI, path: Path) -> Any:
     )
 
 
-async def _until_completed(client: openai.AsyncOpenAI, batch_id: str, count: int) -> None:
-    for _ in range(1200):
-        counts = (await client.batches.retrieve(batch_id)).request_counts
-        if counts is not None and counts.completed >= count:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"batch {batch_id} did not reach {count} completed")
-
-
 async def _call(
     http: aiohttp.ClientSession, method: str, url: str, key: str | None, **kwargs: Any
 ) -> tuple[int, dict[str, Any]]:
@@ -157,7 +148,7 @@ async def test_cancel_mid_batch_skips_the_jobs_not_yet_run(env: Env, tmp_path: P
     path = write_jsonl(tmp_path / "b.jsonl", [request_line(i) for i in range(300)])
     async with service.client(key) as client:
         batch = await _batch(client, path)
-        await _until_completed(client, batch.id, 12)
+        await service.until_completed(client, batch.id, 12)
         cancelling = await client.batches.cancel(batch.id)
         assert cancelling.status == "cancelling" and cancelling.cancelling_at
         done = await service.finished(client, batch.id)

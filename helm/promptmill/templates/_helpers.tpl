@@ -96,6 +96,15 @@ partitions would sit idle. Call with (dict "root" $ "processor" $p).
 {{- if .processor.maxReplicas }}{{ .processor.maxReplicas }}{{ else }}{{ include "promptmill.processor.partitions" . }}{{ end }}
 {{- end }}
 
+{{/*
+Whether a processor runs: "true" or "". It is enabled and, if it only finishes the front
+door's work (withServe: the outputs processor), serve is enabled too. Call with
+(dict "root" $ "processor" $p).
+*/}}
+{{- define "promptmill.processor.on" -}}
+{{- if and .processor.enabled (or (not .processor.withServe) .root.Values.serve.enabled) }}true{{ end }}
+{{- end }}
+
 {{/* How a processor scales: "keda", "hpa" or "" (fixed replicas). */}}
 {{- define "promptmill.processor.scaler" -}}
 {{- if .processor.autoscale }}
@@ -132,7 +141,7 @@ partitions would sit idle. Call with (dict "root" $ "processor" $p).
 {{- end }}
 {{- end }}
 {{- range $name, $p := .Values.processors }}
-{{- if $p.enabled }}
+{{- if include "promptmill.processor.on" (dict "root" $ "processor" $p) }}
 {{- range $p.topics }}
 {{- if not (hasKey $.Values.topics.partitions .) }}
 {{- fail (printf "processors.%s.topics: %q has no entry in topics.partitions" $name .) }}
@@ -146,5 +155,170 @@ partitions would sit idle. Call with (dict "root" $ "processor" $p).
 {{- fail (printf "processors.%s.minReplicas (%v) is above its maxReplicas (%s)" $name $p.minReplicas (include "promptmill.processor.maxReplicas" $ctx)) }}
 {{- end }}
 {{- end }}
+{{- end }}
+{{- include "promptmill.validate.serve" . }}
+{{- end }}
+
+{{/* Secrets of every container, by reference: the model's API key (with "modelKey"), the
+Redis URL and the Kafka SASL login. Call with (dict "root" $ "modelKey" true|false). */}}
+{{- define "promptmill.secretEnv" -}}
+{{- $root := .root }}
+{{- with $root.Values.model.apiKey }}
+{{- if and $.modelKey .existingSecret }}
+- name: OPENAI_API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .key }}
+{{- end }}
+{{- end }}
+{{- with $root.Values.redis }}
+{{- if .existingSecret }}
+- name: REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .urlKey }}
+{{- end }}
+{{- end }}
+{{- if include "promptmill.kafka.sasl" $root }}
+{{- with $root.Values.kafka.sasl }}
+{{- if .usernameKey }}
+- name: PROMPTMILL_KAFKA_SASL_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .usernameKey }}
+{{- end }}
+- name: PROMPTMILL_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .passwordKey }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The blob store (PROMPTMILL_BLOB_URL) of serve and the outputs worker. */}}
+{{- define "promptmill.blobStore.s3" -}}
+{{- if hasPrefix "s3://" .Values.blobStore.url }}true{{ end }}
+{{- end }}
+
+{{/* "true" when serve or a processor that needs the blob store (needsBlobStore) runs. */}}
+{{- define "promptmill.blobStore.used" -}}
+{{- $used := .Values.serve.enabled }}
+{{- range $name, $p := .Values.processors }}
+{{- if and $p.needsBlobStore (include "promptmill.processor.on" (dict "root" $ "processor" $p)) }}
+{{- $used = true }}
+{{- end }}
+{{- end }}
+{{- if $used }}true{{ end }}
+{{- end }}
+
+{{/* The S3 access key pair, by reference (none: the pod's own identity, e.g. IRSA). */}}
+{{- define "promptmill.blobStore.env" -}}
+{{- with .Values.blobStore.s3 }}
+{{- if and .existingSecret (include "promptmill.blobStore.s3" $) }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .secretAccessKeyKey }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The shared claim mounted at the blob directory: a volumeMount, and its volume. */}}
+{{- define "promptmill.blobStore.volumeMount" -}}
+{{- if and (not (include "promptmill.blobStore.s3" .)) .Values.blobStore.existingClaim }}
+- name: blobs
+  mountPath: {{ .Values.blobStore.url }}
+  {{- with .Values.blobStore.subPath }}
+  subPath: {{ . }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "promptmill.blobStore.volume" -}}
+{{- if and (not (include "promptmill.blobStore.s3" .)) .Values.blobStore.existingClaim }}
+- name: blobs
+  persistentVolumeClaim:
+    claimName: {{ .Values.blobStore.existingClaim }}
+{{- end }}
+{{- end }}
+
+{{/* The front door's names, labels and scheme. */}}
+{{- define "promptmill.serve.fullname" -}}
+{{- include "promptmill.processor.fullname" (dict "root" . "name" "serve") }}
+{{- end }}
+
+{{- define "promptmill.serve.labels" -}}
+{{ include "promptmill.processor.labels" (dict "root" . "name" "serve") }}
+{{- end }}
+
+{{- define "promptmill.serve.selectorLabels" -}}
+{{ include "promptmill.processor.selectorLabels" (dict "root" . "name" "serve") }}
+{{- end }}
+
+{{/* "true" when serve speaks HTTPS (a certificate Secret is referenced). */}}
+{{- define "promptmill.serve.tls" -}}
+{{- if .Values.serve.tls.existingSecret }}true{{ end }}
+{{- end }}
+
+{{- define "promptmill.serve.tlsDir" -}}
+/etc/promptmill/serve-tls
+{{- end }}
+
+{{- define "promptmill.serve.servicePort" -}}
+{{- if .Values.serve.service.port }}{{ .Values.serve.service.port }}{{ else if include "promptmill.serve.tls" . }}443{{ else }}80{{ end }}
+{{- end }}
+
+{{/* Replicas of serve, for messages: "N replicas" or "an HPA's min..max replicas". */}}
+{{- define "promptmill.serve.replicasText" -}}
+{{- with .Values.serve }}
+{{- if .autoscaling.enabled }}{{ .autoscaling.minReplicas }}..{{ .autoscaling.maxReplicas }} replicas by its HPA{{ else }}{{ .replicas }} {{ ternary "replica" "replicas" (eq (int .replicas) 1) }}{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* The checks of serve and the blob store; part of promptmill.validate. */}}
+{{- define "promptmill.validate.serve" -}}
+{{- $b := .Values.blobStore }}
+{{- $s3 := include "promptmill.blobStore.s3" . }}
+{{- if and $s3 $b.existingClaim }}
+{{- fail (printf "blobStore.existingClaim (%s) is for a directory, but blobStore.url is %s: drop one" $b.existingClaim $b.url) }}
+{{- end }}
+{{- if and (not $s3) (or $b.s3.existingSecret $b.s3.endpointUrl $b.s3.region) }}
+{{- fail (printf "blobStore.s3.* is set, but blobStore.url (%s) is not an s3:// URL" $b.url) }}
+{{- end }}
+{{- if .Values.serve.enabled }}
+{{- $outputs := false }}
+{{- range $name, $p := .Values.processors }}
+{{- if and (eq $name "outputs") (include "promptmill.processor.on" (dict "root" $ "processor" $p)) }}
+{{- $outputs = true }}
+{{- end }}
+{{- end }}
+{{- if not $outputs }}
+{{- fail "serve needs processors.outputs.enabled: the outputs worker writes its batches' output files" }}
+{{- end }}
+{{- if not (or .Values.redis.url .Values.redis.existingSecret) }}
+{{- fail "serve needs Redis (API keys, files, batches): set redis.url or redis.existingSecret" }}
+{{- end }}
+{{- with .Values.serve.autoscaling }}
+{{- if and .enabled (gt (int .minReplicas) (int .maxReplicas)) }}
+{{- fail (printf "serve.autoscaling.minReplicas (%v) is above its maxReplicas (%v)" .minReplicas .maxReplicas) }}
+{{- end }}
+{{- end }}
+{{- if le (int .Values.serve.terminationGracePeriodSeconds) (int .Values.serve.preStopSleepSeconds) }}
+{{- fail (printf "serve.terminationGracePeriodSeconds (%v) must be greater than serve.preStopSleepSeconds (%v), and leave time for in-flight requests" .Values.serve.terminationGracePeriodSeconds .Values.serve.preStopSleepSeconds) }}
+{{- end }}
+{{- end }}
+{{- if and (include "promptmill.blobStore.used" .) (not $s3) (not $b.existingClaim) }}
+{{- $serve := ternary (printf "serve (%s)" (include "promptmill.serve.replicasText" .)) "serve (wherever it runs)" .Values.serve.enabled }}
+{{- fail (printf "blobStore.url is the directory %s and no blobStore.existingClaim shares it: %s stores the uploaded files and the outputs worker writes the output files, in separate pods, and every pod must see the same files, which a directory of its own (an emptyDir) would not. Set blobStore.existingClaim to a PersistentVolumeClaim (ReadWriteMany if the pods may run on several nodes), mounted at that directory in every serve and outputs pod, or set blobStore.url to s3://bucket/prefix" $b.url $serve) }}
 {{- end }}
 {{- end }}
