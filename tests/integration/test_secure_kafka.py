@@ -17,12 +17,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import openai
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
-from promptmill.dev.harness import ROOT, Env, write_jsonl
+from promptmill.dev.harness import ROOT, Env, wait_ready, write_jsonl
 from promptmill.dev.stack import load_stack
 from topics import KafkaConnection
 
@@ -99,6 +100,39 @@ async def test_a_batch_runs_over_sasl_ssl_and_strangers_are_refused(
     for batch in ("sec1", "sec2"):
         done = await _status_until_done(env, batch)
         assert f"completed   {JOBS} " in done and "failed      0 (none)" in done
+
+    # the HTTP front door over SASL_SSL too: serve and the outputs worker authenticate
+    workers.append(env.start_worker("--processor", "outputs"))
+    serve, base_url = env.start_serve()
+    workers.append(serve)
+    await wait_ready(base_url.removesuffix("/v1"))
+    key = env.api_key("acme", "submitter")  # audited: the CLI writes to the audit topic
+    requests = [
+        {
+            "custom_id": f"r{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "promptmill-sim", "messages": [{"role": "user", "content": "hi"}]},
+        }
+        for i in range(JOBS)
+    ]
+    async with openai.AsyncOpenAI(api_key=key, base_url=base_url, max_retries=0) as client:
+        uploaded = await client.files.create(
+            file=write_jsonl(tmp_path / "openai.jsonl", requests), purpose="batch"
+        )
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        for _ in range(300):
+            batch = await client.batches.retrieve(batch.id)
+            if batch.status == "completed":
+                break
+            await asyncio.sleep(0.1)
+        assert batch.status == "completed" and batch.output_file_id, batch
+        output = (await client.files.content(batch.output_file_id)).content.splitlines()
+    assert sorted(orjson.loads(line)["custom_id"] for line in output) == sorted(
+        f"r{i}" for i in range(JOBS)
+    )
 
     for worker in workers:
         assert worker.process.poll() is None, worker.tail()
