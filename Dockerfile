@@ -20,7 +20,7 @@ COPY producers ./producers
 COPY processors ./processors
 # A regular (not editable) install, byte-compiled by pip: the runtime cannot write .pyc
 # files. Every dependency ships binary wheels for CPython 3.11, so no compiler is needed.
-RUN /opt/promptmill/bin/pip install . \
+RUN /opt/promptmill/bin/pip install '.[s3]' \
     && /opt/promptmill/bin/promptmill --help >/dev/null
 
 FROM ${PYTHON_IMAGE}

@@ -5,7 +5,9 @@ Brings up Kafka, Redis and a model (the real SmolLM2-135M by default;
 the topics, pushes the example templates with the ``production`` label, starts the prompt,
 batch-tracking and reporting workers, runs the example batch (with malformed lines, an
 unknown template and missing variables among its jobs), prints a summary, runs the same
-batch again to show the cache, prints the usage report of both runs, then stops everything.
+batch again to show the cache, prints the usage report of both runs, then runs a batch
+through the HTTP front door with the OpenAI SDK (:mod:`promptmill.demo_http`), and stops
+everything.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from producers.reports import group_reports, read_reports, render
 from producers.templates import load_template_dir, push_templates
 from promptmill import app
 from promptmill.commands import batch
+from promptmill.demo_http import run_http
 from promptmill.dev.processes import StackError
 from promptmill.dev.stack import down, up
 from promptmill.settings import Settings
@@ -124,6 +127,8 @@ async def demo(settings: Settings, args: argparse.Namespace) -> None:
             "OPENAI_API_KEY": "local",
             "PROMPTMILL_TOPIC_PREFIX": "promptmill-demo",
             "PROMPTMILL_DEFAULT_MODEL": getattr(endpoint, "model", app.SIM_MODEL),
+            "PROMPTMILL_BLOB_URL": str(state / "files"),
+            "PROMPTMILL_OPERATOR": "demo",
         }
         # an illustrative price (gpt-4o-mini's), so that the summaries and the report show cost
         price = {"prompt_per_1m": 0.15, "completion_per_1m": 0.6}
@@ -147,7 +152,7 @@ async def demo(settings: Settings, args: argparse.Namespace) -> None:
             app.operator(local),
         ):
             print("  " + line)
-        for processor in ("prompts", "batches", "reporting"):
+        for processor in ("prompts", "batches", "reporting", "outputs"):
             workers.append(await _start_worker(state, processor))
         jobs = args.jobs or EXAMPLES / "jobs.jsonl"
         requests = 0
@@ -164,6 +169,7 @@ async def demo(settings: Settings, args: argparse.Namespace) -> None:
             if round_ == 1:
                 _show_samples(run_args.output)
         await _show_report(local, requests)
+        workers += await run_http(state, EXAMPLES)
     finally:
         for worker in workers:
             await _stop(worker)

@@ -70,9 +70,7 @@ SERVE_S3: dict[str, Any] = {
                 "nginx.ingress.kubernetes.io/backend-protocol": "HTTPS",
                 "nginx.ingress.kubernetes.io/proxy-body-size": "200m",
             },
-            "hosts": [
-                {"host": "llm.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}
-            ],
+            "hosts": [{"host": "llm.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}],
             "tls": [{"secretName": "llm-example-tls", "hosts": ["llm.example.com"]}],
         },
         "autoscaling": {

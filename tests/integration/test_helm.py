@@ -7,6 +7,9 @@ schemas and the KEDA and prometheus-operator CRDs, all prepared offline and cach
 asserted on the parsed YAML: one ScaledObject per processor on its topics and group,
 reading from the earliest offset, capped at its partitions; no HPA next to KEDA; a grace
 period longer than the drain; probes, security context, and secrets only by reference.
+The front door (``serve``) is rendered with an ingress, TLS, an HPA and S3, and with a
+shared claim: its probes, ports, Service, secret references and blob store, the outputs
+worker that runs with it, and the refusal of a blob directory that its pods cannot share.
 The chart is also checked against the code: the workers' topics and groups, the topic
 catalog's partitions, the settings model, and the KEDA kafka scaler's parameter names.
 """
@@ -41,6 +44,9 @@ from tests.integration.helm_chart import (
     kubeconform,
     partitions_of,
     render,
+    secret_refs,
+    serve_container,
+    serves,
     value_flags,
 )
 from topics.catalog import DEFAULT_PARTITIONS
@@ -52,6 +58,11 @@ pytestmark = pytest.mark.timeout(600)
 
 # Settings read PROMPTMILL_* and these names (promptmill/settings.py).
 SETTINGS_ALIASES = {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "OPENAI_BASE_URL", "OPENAI_API_KEY"}
+# The S3 SDK's own names (the blob store), not settings.
+AWS_NAMES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
+# A blob directory that serve's and the outputs worker's pods share.
+SHARED = {"blobStore": {"existingClaim": "promptmill-files"}}
+SERVE = f"{PREFIX}-serve"
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +81,7 @@ def rendered(tools: Tools) -> dict[str, Rendered]:
 # --- lint and validation -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scenario", ["keda", "secure"])
+@pytest.mark.parametrize("scenario", ["keda", "secure", "serve-s3", "serve-pvc"])
 def test_helm_lint_strict(tools: Tools, scenario: str) -> None:
     for strict in ([], ["--strict"]):
         proc = helm(
@@ -217,7 +228,7 @@ def test_trigger_metadata_is_what_the_kafka_scaler_reads(
 ) -> None:
     """Metadata is a free-form map to the CRD: check names and enums against KEDA's source."""
     params: dict[str, dict[str, list[str]]] = json.loads(tools.keda_kafka_parameters.read_text())
-    for scenario in ("keda", "secure", "secret-username", "ssl-system-ca"):
+    for scenario in ("keda", "secure", "secret-username", "ssl-system-ca", "serve-s3"):
         out = rendered[scenario]
         for scaled in out.kind("ScaledObject").values():
             for trigger in scaled["spec"]["triggers"]:
@@ -264,7 +275,7 @@ def test_fixed_replicas_without_autoscaling(rendered: dict[str, Rendered]) -> No
 
 def _deployments(rendered: dict[str, Rendered]) -> Iterator[tuple[str, str, Manifest]]:
     for scenario, out in rendered.items():
-        for name in enabled_processors():
+        for name in enabled_processors(serve=serves(scenario)):
             yield scenario, name, out.one("Deployment", f"{PREFIX}-{name}")
 
 
@@ -308,7 +319,7 @@ def test_pods_run_the_processor_with_probes_and_a_locked_down_container(
         assert pod["automountServiceAccountToken"] is False
         assert worker["resources"]["requests"] and worker["resources"]["limits"]
         assert env_of(deployment)["PROMPTMILL_WORKER_CONCURRENCY"]["value"] == str(
-            enabled_processors()[name]["concurrency"]
+            chart_values()["processors"][name]["concurrency"]
         )
 
 
@@ -334,6 +345,265 @@ def test_services_pdbs_and_servicemonitor_select_the_pods(rendered: dict[str, Re
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
     assert rendered["keda"].kind("ServiceMonitor") == {}
+
+
+# --- the front door -------------------------------------------------------------------
+
+
+def test_serve_and_outputs_run_only_when_serve_is_enabled(rendered: dict[str, Rendered]) -> None:
+    for scenario, out in rendered.items():
+        deployments = out.kind("Deployment")
+        expected = {f"{PREFIX}-{name}" for name in enabled_processors(serve=serves(scenario))}
+        if serves(scenario):
+            expected.add(SERVE)
+            assert f"{PREFIX}-outputs" in expected
+        assert set(deployments) == expected, scenario
+        if not serves(scenario):
+            assert "PROMPTMILL_BLOB_URL" not in out.config
+            assert out.kind("Ingress") == {} and SERVE not in out.kind("Service")
+    outputs = rendered["serve-s3"].one("Deployment", f"{PREFIX}-outputs")
+    assert container(outputs)["args"] == ["worker", "--processor", "outputs"]
+    scaled = rendered["serve-s3"].one("ScaledObject", f"{PREFIX}-outputs")["spec"]
+    [trigger] = scaled["triggers"]
+    assert trigger["metadata"]["topic"] == "promptmill.batches"
+    assert trigger["metadata"]["consumerGroup"] == "promptmill.outputs"
+    assert scaled["maxReplicaCount"] == chart_values()["topics"]["partitions"]["batches"]
+    assert f"{PREFIX}-outputs" in rendered["serve-pvc"].kind("HorizontalPodAutoscaler")
+
+
+@pytest.mark.parametrize("scenario", ["serve-s3", "serve-pvc"])
+def test_serve_pod_listens_with_probes_and_a_locked_down_container(
+    rendered: dict[str, Rendered], scenario: str
+) -> None:
+    https = scenario == "serve-s3"
+    scheme = "HTTPS" if https else "HTTP"
+    deployment = rendered[scenario].one("Deployment", SERVE)
+    pod = deployment["spec"]["template"]["spec"]
+    serve = serve_container(deployment)
+    assert serve["args"] == ["serve", "--host", "0.0.0.0"]
+    assert serve["envFrom"] == [{"configMapRef": {"name": PREFIX}}]
+    assert serve["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    env = env_of(deployment)
+    assert env["PROMPTMILL_SERVE_PORT"]["value"] == "8080"
+    assert env["PROMPTMILL_SERVE_MAX_FILE_BYTES"]["value"] == "209715200"
+    assert env["PROMPTMILL_SERVE_MAX_REQUESTS"]["value"] == "50000"
+    for probe, path in [
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ]:
+        assert serve[probe]["httpGet"] == {"path": path, "port": "http", "scheme": scheme}
+    assert serve["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+    assert pod["terminationGracePeriodSeconds"] > 60 + 5  # aiohttp's shutdown timeout
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    sc = serve["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert serve["resources"]["requests"] and serve["resources"]["limits"]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    prompts = rendered[scenario].one("Deployment", f"{PREFIX}-prompts")
+    assert (
+        annotations["checksum/config"]
+        == (prompts["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+    )
+    mounts = {m["name"]: m for m in serve["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["tmp"]["mountPath"] == "/tmp"
+    if https:
+        assert env["PROMPTMILL_SERVE_TLS_CERT"]["value"] == "/etc/promptmill/serve-tls/cert.pem"
+        assert env["PROMPTMILL_SERVE_TLS_KEY"]["value"] == "/etc/promptmill/serve-tls/key.pem"
+        assert mounts["serve-tls"] == {
+            "name": "serve-tls",
+            "mountPath": "/etc/promptmill/serve-tls",
+            "readOnly": True,
+        }
+        assert volumes["serve-tls"]["secret"]["secretName"] == "serve-tls"
+        assert {i["key"] for i in volumes["serve-tls"]["secret"]["items"]} == {
+            "cert.pem",
+            "key.pem",
+        }
+    else:
+        assert "PROMPTMILL_SERVE_TLS_CERT" not in env and "serve-tls" not in volumes
+
+
+def test_serve_service_ingress_hpa_pdb_and_monitor(rendered: dict[str, Rendered]) -> None:
+    out = rendered["serve-s3"]
+    deployment = out.one("Deployment", SERVE)
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector["app.kubernetes.io/component"] == "serve"
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+    service = out.one("Service", SERVE)
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["selector"] == selector
+    assert service["spec"]["ports"] == [
+        {
+            "name": "http",
+            "port": 443,
+            "targetPort": "http",
+            "protocol": "TCP",
+            "appProtocol": "https",
+        }
+    ]
+    ingress = out.one("Ingress", SERVE)["spec"]
+    assert ingress["ingressClassName"] == "nginx"
+    assert ingress["tls"] == [{"secretName": "llm-example-tls", "hosts": ["llm.example.com"]}]
+    [rule] = ingress["rules"]
+    assert rule["host"] == "llm.example.com"
+    [path] = rule["http"]["paths"]
+    assert path == {
+        "path": "/",
+        "pathType": "Prefix",
+        "backend": {"service": {"name": SERVE, "port": {"name": "http"}}},
+    }
+    annotations = out.one("Ingress", SERVE)["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/backend-protocol"] == "HTTPS"
+    hpa = out.one("HorizontalPodAutoscaler", SERVE)["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": SERVE}
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 12)
+    [metric] = hpa["metrics"]
+    assert metric["resource"] == {
+        "name": "cpu",
+        "target": {"type": "Utilization", "averageUtilization": 60},
+    }
+    assert out.one("PodDisruptionBudget", SERVE)["spec"]["selector"]["matchLabels"] == selector
+    [monitor] = out.kind("ServiceMonitor").values()
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    endpoints = {e["port"]: e for e in monitor["spec"]["endpoints"]}
+    assert endpoints["http"]["path"] == "/metrics"
+    assert endpoints["http"]["scheme"] == "https"
+    assert endpoints["http"]["tlsConfig"]["serverName"] == "llm.example.com"
+    assert endpoints["metrics"]["path"] == "/metrics"
+
+    pvc = rendered["serve-pvc"]
+    assert pvc.one("Deployment", SERVE)["spec"]["replicas"] == 3
+    assert SERVE not in pvc.kind("HorizontalPodAutoscaler")
+    assert pvc.kind("Ingress") == {} and pvc.kind("ServiceMonitor") == {}
+    assert pvc.one("Service", SERVE)["spec"]["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"}
+    ]
+
+
+def test_serve_secrets_are_only_referenced(rendered: dict[str, Rendered]) -> None:
+    out = rendered["serve-s3"]
+    assert out.kind("Secret") == {}
+    config = out.config
+    assert config["PROMPTMILL_BLOB_URL"] == "s3://promptmill-files/prod"
+    assert config["PROMPTMILL_S3_ENDPOINT_URL"] == "https://minio.storage:9000"
+    assert config["AWS_DEFAULT_REGION"] == "eu-west-1"
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(config)
+    s3 = {
+        "AWS_ACCESS_KEY_ID": {"name": "s3-credentials", "key": "id"},
+        "AWS_SECRET_ACCESS_KEY": {"name": "s3-credentials", "key": "secret"},
+    }
+    shared = {
+        "REDIS_URL": {"name": "redis", "key": "url"},
+        "PROMPTMILL_KAFKA_SASL_PASSWORD": {"name": "kafka-user", "key": "password"},
+    }
+    serve = out.one("Deployment", SERVE)
+    # serve never calls the model: no model key.
+    assert secret_refs(serve) == {**shared, **s3}
+    outputs = out.one("Deployment", f"{PREFIX}-outputs")
+    assert secret_refs(outputs) == {
+        "OPENAI_API_KEY": {"name": "openai", "key": "api-key"},
+        **shared,
+        **s3,
+    }
+    for name in enabled_processors():
+        assert not s3.keys() & secret_refs(out.one("Deployment", f"{PREFIX}-{name}")).keys()
+    for deployment in (serve, outputs):
+        pod = deployment["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["kafka-tls"]["secret"]["secretName"] == "kafka-tls"
+        assert "blobs" not in volumes  # S3: nothing to mount
+
+
+def test_serve_and_outputs_share_the_claim(rendered: dict[str, Rendered]) -> None:
+    out = rendered["serve-pvc"]
+    directory = chart_values()["blobStore"]["url"]
+    assert directory.startswith("/")
+    assert out.config["PROMPTMILL_BLOB_URL"] == directory
+    for name in ("serve", "outputs"):
+        deployment = out.one("Deployment", f"{PREFIX}-{name}")
+        pod = deployment["spec"]["template"]["spec"]
+        [only] = pod["containers"]
+        mounts = {m["name"]: m for m in only["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert mounts["blobs"] == {"name": "blobs", "mountPath": directory, "subPath": "prod"}
+        assert volumes["blobs"] == {
+            "name": "blobs",
+            "persistentVolumeClaim": {"claimName": "promptmill-files"},
+        }
+        assert pod["securityContext"]["fsGroup"] == 10001
+        assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & env_of(deployment).keys()
+    for name in enabled_processors():
+        pod = out.one("Deployment", f"{PREFIX}-{name}")["spec"]["template"]["spec"]
+        assert "blobs" not in {v["name"] for v in pod["volumes"]}
+
+
+@pytest.mark.parametrize(
+    "serve",
+    [
+        {"enabled": True, "replicas": 1},
+        {"enabled": True, "replicas": 3},
+        {"enabled": True, "autoscaling": {"enabled": True}},
+    ],
+    ids=["one-replica", "replicas", "hpa"],
+)
+def test_a_blob_directory_without_a_shared_claim_fails(tools: Tools, serve: dict[str, Any]) -> None:
+    """serve and the outputs worker are separate pods: a pod-local directory is never shared."""
+    with pytest.raises(RenderError) as refused:
+        render(tools, {"serve": serve})
+    message = str(refused.value)
+    assert (
+        "blobStore.url is the directory /var/lib/promptmill/files "
+        "and no blobStore.existingClaim shares it"
+    ) in message
+    replicas = (
+        "2..10 replicas by its HPA"
+        if serve.get("autoscaling")
+        else f"{serve['replicas']} replica{'s' if serve['replicas'] > 1 else ''}"
+    )
+    assert f"serve ({replicas}) stores the uploaded files" in message
+    assert "Set blobStore.existingClaim" in message and "s3://bucket/prefix" in message
+
+
+@pytest.mark.parametrize("scenario", ["serve-s3", "serve-pvc"])
+def test_serve_settings_are_accepted(
+    rendered: dict[str, Rendered], scenario: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("PROMPTMILL_") or name in SETTINGS_ALIASES:
+            monkeypatch.delenv(name)
+    out = rendered[scenario]
+    for name, value in out.config.items():
+        monkeypatch.setenv(name, value)
+    for name, entry in env_of(out.one("Deployment", SERVE)).items():
+        monkeypatch.setenv(name, entry.get("value", "from-a-secret"))
+    settings = Settings(_env_file=None)
+    assert settings.serve_port == 8080
+    assert settings.serve_max_file_bytes == 209715200
+    assert settings.serve_max_requests == 50000
+    assert settings.blob_url == out.config["PROMPTMILL_BLOB_URL"]
+    if scenario == "serve-s3":
+        assert str(settings.serve_tls_cert) == "/etc/promptmill/serve-tls/cert.pem"
+        assert str(settings.serve_tls_key) == "/etc/promptmill/serve-tls/key.pem"
+        assert settings.s3_endpoint_url == "https://minio.storage:9000"
+    else:
+        assert settings.serve_tls_cert is None and settings.s3_endpoint_url is None
+
+
+def test_every_variable_the_chart_sets_is_a_setting(rendered: dict[str, Rendered]) -> None:
+    known = {f"PROMPTMILL_{name.upper()}" for name in Settings.model_fields}
+    known |= SETTINGS_ALIASES | AWS_NAMES
+    for scenario, out in rendered.items():
+        names = set(out.config)
+        for deployment in out.kind("Deployment").values():
+            names |= env_of(deployment).keys()
+        assert names <= known, f"{scenario}: {sorted(names - known)}"
 
 
 # --- secrets --------------------------------------------------------------------------
@@ -413,6 +683,40 @@ def test_a_username_from_the_secret(rendered: dict[str, Rendered]) -> None:
         ({"model": {"baseUrl": ""}}, "/model/baseUrl"),
         ({"worker": {"logLevel": "LOUD"}}, "/worker/logLevel"),
         ({"processors": {"prompts": {"lagThresold": 9}}}, "'lagThresold' not allowed"),
+        (
+            {"serve": {"enabled": True}, "processors": {"outputs": {"enabled": False}}},
+            "serve needs processors.outputs.enabled",
+        ),
+        (
+            {"serve": {"enabled": True}, "blobStore": {"url": "s3://b-1/p", "existingClaim": "c"}},
+            "blobStore.existingClaim (c) is for a directory",
+        ),
+        (
+            {"blobStore": {"s3": {"existingSecret": "s3"}}},
+            "blobStore.s3.* is set, but blobStore.url (/var/lib/promptmill/files) is not",
+        ),
+        (
+            {"serve": {"enabled": True, "terminationGracePeriodSeconds": 5}, **SHARED},
+            "serve.terminationGracePeriodSeconds (5) must be greater",
+        ),
+        (
+            {
+                "serve": {
+                    "enabled": True,
+                    "autoscaling": {"enabled": True, "minReplicas": 9, "maxReplicas": 4},
+                },
+                **SHARED,
+            },
+            "serve.autoscaling.minReplicas (9) is above its maxReplicas (4)",
+        ),
+        ({"serve": {"enabled": True}, "redis": {"url": ""}, **SHARED}, "needs Redis"),
+        ({"blobStore": {"url": "files"}}, "/blobStore/url"),
+        ({"serve": {"ingress": {"hosts": []}}}, "/serve/ingress/hosts"),
+        ({"serve": {"ingress": {"clasName": "x"}}}, "'clasName' not allowed"),
+        (
+            {"processors": {"serve": dict(chart_values()["processors"]["prompts"])}},
+            "invalid propertyName 'serve'",
+        ),
     ],
     ids=[
         "sasl-without-secret",
@@ -424,6 +728,16 @@ def test_a_username_from_the_secret(rendered: dict[str, Rendered]) -> None:
         "no-model-url",
         "bad-log-level",
         "misspelt-key",
+        "serve-without-outputs",
+        "claim-with-s3",
+        "s3-settings-with-a-directory",
+        "serve-grace-not-above-prestop",
+        "serve-min-above-max",
+        "serve-without-redis",
+        "relative-blob-directory",
+        "ingress-without-hosts",
+        "misspelt-ingress-key",
+        "processor-named-serve",
     ],
 )
 def test_bad_values_are_refused(tools: Tools, values: dict[str, Any], message: str) -> None:

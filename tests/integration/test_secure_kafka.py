@@ -120,16 +120,16 @@ async def test_a_batch_runs_over_sasl_ssl_and_strangers_are_refused(
         uploaded = await client.files.create(
             file=write_jsonl(tmp_path / "openai.jsonl", requests), purpose="batch"
         )
-        batch = await client.batches.create(
+        front = await client.batches.create(
             input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
         for _ in range(300):
-            batch = await client.batches.retrieve(batch.id)
-            if batch.status == "completed":
+            front = await client.batches.retrieve(front.id)
+            if front.status == "completed":
                 break
             await asyncio.sleep(0.1)
-        assert batch.status == "completed" and batch.output_file_id, batch
-        output = (await client.files.content(batch.output_file_id)).content.splitlines()
+        assert front.status == "completed" and front.output_file_id, front
+        output = (await client.files.content(front.output_file_id)).content.splitlines()
     assert sorted(orjson.loads(line)["custom_id"] for line in output) == sorted(
         f"r{i}" for i in range(JOBS)
     )
