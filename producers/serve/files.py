@@ -49,7 +49,7 @@ async def upload(request: web.Request) -> web.Response:
         if not isinstance(part, BodyPartReader):
             continue
         if part.name == "purpose":
-            purpose = (await part.text()).strip()
+            purpose = await _small_field(part, "purpose")
         elif part.name == "file" and stored is None:
             check = UploadCheck(
                 max_bytes=limits.max_file_bytes,
@@ -164,6 +164,16 @@ async def _visible(request: web.Request, role: Role) -> FileRecord:
     if record is None:
         not_found("file", file_id)
     return record
+
+
+async def _small_field(part: BodyPartReader, name: str, limit: int = 1024) -> str:
+    """A form field's text, refused (never read whole) past ``limit`` bytes."""
+    value = b""
+    while chunk := await part.read_chunk(limit):
+        value += chunk
+        if len(value) > limit:
+            fail(400, f"the form field {name!r} is too long", code="invalid_value", param=name)
+    return value.decode("utf-8", "replace").strip()
 
 
 async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:

@@ -20,6 +20,9 @@ from promptmill.progress import ProgressLine
 from promptmill.settings import Settings
 from schemas import BatchManifest
 from topics.batch_index import BatchIndex
+from topics.budgets import Budgets
+from topics.keys import KeyStore
+from topics.objects import Objects
 
 MAX_ERRORS_SHOWN = 20
 
@@ -206,6 +209,26 @@ async def status(settings: Settings, args: argparse.Namespace) -> None:
                 f"  terminal    {follower.report.terminal}",
                 f"  started     {manifest.started_at.isoformat()}",
                 f"  finished    {done.finished_at.isoformat() if done else '-'}",
+                *await _budget_lines(settings, manifest),
             ]
         )
     )
+
+
+async def _budget_lines(settings: Settings, manifest: BatchManifest) -> list[str]:
+    """What the batch's tenant (and, for a batch made through ``serve``, its key) have spent
+    of their budgets this period."""
+    redis = app.redis(settings)
+    if redis is None:
+        return []
+    try:
+        prefix = settings.redis_key_prefix
+        fields = await Objects(redis, prefix).batch(manifest.batch_id, None)
+        key_id = fields.get("key_id") if fields else None
+        uses = await Budgets(redis, prefix, KeyStore(redis, prefix)).use(manifest.tenant, key_id)
+    finally:
+        await redis.aclose()
+    return [
+        f"  budget      {u.scope} ${u.spent_usd:.4f} of ${u.limit_usd:g} per {u.period}"
+        for u in uses
+    ]

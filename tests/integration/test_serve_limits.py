@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from pathlib import Path
 
+import aiohttp
 import openai
 import orjson
 import pytest
@@ -126,3 +128,56 @@ async def test_kill_9_of_serve_and_of_workers_mid_batch_loses_and_repeats_no_lin
     assert done.error_file_id is None
     log = "\n".join(p.log.read_text() for p in env.workers if "serve" in p.log.name)
     assert "taking over its submission" in log
+
+
+async def test_hostile_requests_get_clear_errors_and_serve_stays_healthy(
+    env: Env, tmp_path: Path
+) -> None:
+    serve, base_url = env.start_serve()
+    await wait_ready(base_url.removesuffix("/v1"))
+    headers = {"Authorization": f"Bearer {env.api_key('acme', 'submitter')}"}
+    one_line = tmp_path / "one-line.jsonl"  # 5 MB and no newline: over the line limit
+    one_line.write_bytes(b'{"custom_id": "' + b"x" * 5_000_000 + b'"}')
+    async with aiohttp.ClientSession(headers=headers) as http:
+
+        async def post(path: str, **kwargs: object) -> tuple[int, dict[str, object]]:
+            async with http.post(base_url + path, **kwargs) as response:  # type: ignore[arg-type]
+                return response.status, orjson.loads(await response.read())
+
+        form = aiohttp.FormData()
+        form.add_field("purpose", io.BytesIO(b"b" * 10_000_000))
+        form.add_field("file", io.BytesIO(b"{}\n"), filename="f.jsonl")
+        status, body = await post("/files", data=form)
+        assert (status, body["error"]["param"]) == (400, "purpose")  # type: ignore[index]
+        status, body = await post("/files", data=b"not multipart")
+        assert status == 400 and body["error"]["code"] == "invalid_request"  # type: ignore[index]
+        status, body = await post("/batches", data=io.BytesIO(b"{" * 3_000_000))
+        assert status == 413, body
+        status, body = await post("/batches", data=b"[1, 2]")
+        assert status == 400 and body["error"]["code"] == "invalid_json"  # type: ignore[index]
+        status, body = await post("/batches", json={"input_file_id": "file-x", "endpoint": 7})
+        assert status == 400 and body["error"]["param"] == "endpoint"  # type: ignore[index]
+        form = aiohttp.FormData()
+        form.add_field("purpose", "batch")
+        form.add_field("file", one_line.open("rb"), filename="one-line.jsonl")
+        status, uploaded = await post("/files", data=form)
+        assert status == 200, uploaded
+        status, batch = await post(
+            "/batches",
+            json={
+                "input_file_id": uploaded["id"],
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+            },
+        )
+        assert status == 200
+        for _ in range(100):
+            async with http.get(f"{base_url}/batches/{batch['id']}") as response:
+                found = orjson.loads(await response.read())
+            if found["status"] == "failed":
+                break
+            await asyncio.sleep(0.1)
+        (error,) = found["errors"]["data"]
+        assert (error["line"], error["code"]) == (1, "line_too_large")
+    await wait_ready(base_url.removesuffix("/v1"))
+    assert serve.process.poll() is None

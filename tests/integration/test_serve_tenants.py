@@ -133,6 +133,8 @@ async def test_budget_exhausted_mid_batch_fails_the_rest_as_budget_exceeded(
     assert abs(use["spent_usd"] - extra["cost_usd"]) < 1e-6  # trued up to the real cost
     status = env.cli("tenants", "show").stdout
     assert "thrifty" in status and "of $0.03 per day" in status
+    batch_status = env.cli("status", done.id).stdout
+    assert "budget      tenant $0.0" in batch_status and "of $0.03 per day" in batch_status
     # a key's own budget binds too, below its tenant's (which has none here)
     async with service.client(env.api_key("free", "submitter", budget_usd="0.01")) as client:
         done = await service.finished(client, (await _batch(client, path)).id)
@@ -208,3 +210,21 @@ async def test_every_audited_action_is_on_the_trail(env: Env, tmp_path: Path) ->
     assert created["actor"]["role"] == "submitter" and created["target"] == batch.id
     table = env.cli("audit", "--tenant", "acme").stdout
     assert batch.id in table and "hello" not in table  # a tenant's view: its own objects
+
+
+async def test_a_tenant_quota_set_at_run_time_paces_that_tenant_only(
+    env: Env, tmp_path: Path
+) -> None:
+    service = Service(env)
+    await service.ready()
+    env.cli("tenants", "set", "slow", "--rpm", "60")  # one a second, fleet-wide
+    path = write_jsonl(tmp_path / "b.jsonl", [request_line(i) for i in range(8)])
+    took = {}
+    for tenant in ("slow", "fast"):
+        async with service.client(env.api_key(tenant, "submitter")) as client:
+            started = time.monotonic()
+            done = await service.finished(client, (await _batch(client, path)).id)
+            took[tenant] = time.monotonic() - started
+            assert done.status == "completed"
+    assert took["slow"] > 5.5, took  # 8 requests at 60 RPM (a burst of 1): >= 7 s apart
+    assert took["fast"] < 5, took
