@@ -34,6 +34,14 @@ def request_line(i: int, content: str | None = None, **body: Any) -> dict[str, A
     }
 
 
+async def create_batch(client: openai.AsyncOpenAI, path: Path) -> Any:
+    """Upload ``path`` and create a batch of it, as OpenAI's docs do."""
+    uploaded = await client.files.create(file=path, purpose="batch")
+    return await client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+
+
 class Service:
     """One env with the workers a front-door batch needs and a running ``serve``."""
 
@@ -126,10 +134,7 @@ async def test_results_stream_as_they_complete_and_resume(service: Service, tmp_
     key = service.env.api_key("acme", "submitter")
     path = write_jsonl(tmp_path / "b.jsonl", [request_line(i) for i in range(30)])
     async with service.client(key) as client:
-        uploaded = await client.files.create(file=path, purpose="batch")
-        batch = await client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
+        batch = await create_batch(client, path)
         headers = {"Authorization": f"Bearer {key}"}
         url = f"{service.base_url}/batches/{batch.id}/results"
         async with aiohttp.ClientSession(headers=headers) as http:
@@ -152,10 +157,7 @@ async def test_a_file_with_invalid_lines_fails_the_batch_with_openai_errors(
     rows += [bad_url, {"method": "POST", "url": "/v1/chat/completions", "body": {}}]
     path = write_jsonl(tmp_path / "bad.jsonl", rows)
     async with service.client(key) as client:
-        uploaded = await client.files.create(file=path, purpose="batch")
-        batch = await client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
+        batch = await create_batch(client, path)
         done = await service.finished(client, batch.id)
     assert done.status == "failed" and done.failed_at
     assert done.errors is not None and done.errors.data
@@ -194,13 +196,10 @@ async def test_sdk_batch_with_files_on_s3(env: Env, s3_server: S3Server, tmp_pat
     key = env.api_key("acme", "submitter")
     path = write_jsonl(tmp_path / "b.jsonl", [request_line(i) for i in range(20)])
     async with service.client(key) as client:
-        uploaded = await client.files.create(file=path, purpose="batch")
-        batch = await client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
+        batch = await create_batch(client, path)
         done = await service.finished(client, batch.id)
         assert done.status == "completed" and done.output_file_id
         output = lines_of((await client.files.content(done.output_file_id)).content)
-        assert (await client.files.content(uploaded.id)).content == path.read_bytes()
+        assert (await client.files.content(batch.input_file_id)).content == path.read_bytes()
     assert sorted(line["custom_id"] for line in output) == sorted(f"req-{i}" for i in range(20))
     assert not (env.state_dir / "files").exists()  # nothing went to the local default

@@ -15,17 +15,10 @@ import orjson
 import pytest
 
 from promptmill.dev.harness import Env, sim_call, write_jsonl
-from tests.integration.test_serve import Service, lines_of, request_line
+from tests.integration.test_serve import Service, create_batch, lines_of, request_line
 
 pytestmark = [pytest.mark.timeout(240)]
 PRICES = orjson.dumps({"*": {"prompt_per_1m": 100.0, "completion_per_1m": 100.0}}).decode()
-
-
-async def _batch(client: openai.AsyncOpenAI, path: Path) -> Any:
-    uploaded = await client.files.create(file=path, purpose="batch")
-    return await client.batches.create(
-        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-    )
 
 
 async def _call(
@@ -46,7 +39,7 @@ async def test_keys_roles_and_tenants_hold_on_every_endpoint(env: Env, tmp_path:
     admin = env.api_key("ops", "admin")
     path = write_jsonl(tmp_path / "b.jsonl", [request_line(i) for i in range(3)])
     async with service.client(acme) as client:
-        batch = await _batch(client, path)
+        batch = await create_batch(client, path)
         await service.finished(client, batch.id)
     base = service.base_url
     file_id = batch.input_file_id
@@ -104,7 +97,7 @@ async def test_a_tenants_cache_never_answers_another_tenant(env: Env, tmp_path: 
     for tenant in ("acme", "globex", "acme"):
         async with service.client(env.api_key(tenant, "submitter")) as client:
             before = (await sim_call(sim, "GET", "/sim/stats"))["chat_completions"]
-            done = await service.finished(client, (await _batch(client, path)).id)
+            done = await service.finished(client, (await create_batch(client, path)).id)
             calls = (await sim_call(sim, "GET", "/sim/stats"))["chat_completions"] - before
             cached[tenant] = (done.model_extra or {}).get("cached"), calls
     assert cached["globex"] == (0, 10)  # acme's answers were cached, and not given to globex
@@ -120,7 +113,7 @@ async def test_budget_exhausted_mid_batch_fails_the_rest_as_budget_exceeded(
     rows = [request_line(i, max_tokens=16) for i in range(40)]
     path = write_jsonl(tmp_path / "b.jsonl", rows)
     async with service.client(env.api_key("thrifty", "submitter")) as client:
-        done = await service.finished(client, (await _batch(client, path)).id)
+        done = await service.finished(client, (await create_batch(client, path)).id)
         errors = lines_of((await client.files.content(done.error_file_id)).content)
     extra = done.model_extra or {}
     counts = done.request_counts
@@ -137,7 +130,7 @@ async def test_budget_exhausted_mid_batch_fails_the_rest_as_budget_exceeded(
     assert "budget      tenant $0.0" in batch_status and "of $0.03 per day" in batch_status
     # a key's own budget binds too, below its tenant's (which has none here)
     async with service.client(env.api_key("free", "submitter", budget_usd="0.01")) as client:
-        done = await service.finished(client, (await _batch(client, path)).id)
+        done = await service.finished(client, (await create_batch(client, path)).id)
     assert (done.model_extra or {})["failed_by_code"]["budget_exceeded"] > 20
 
 
@@ -149,7 +142,7 @@ async def test_cancel_mid_batch_skips_the_jobs_not_yet_run(env: Env, tmp_path: P
     key = env.api_key("acme", "submitter")
     path = write_jsonl(tmp_path / "b.jsonl", [request_line(i) for i in range(300)])
     async with service.client(key) as client:
-        batch = await _batch(client, path)
+        batch = await create_batch(client, path)
         await service.until_completed(client, batch.id, 12)
         cancelling = await client.batches.cancel(batch.id)
         assert cancelling.status == "cancelling" and cancelling.cancelling_at
@@ -185,7 +178,7 @@ async def test_every_audited_action_is_on_the_trail(env: Env, tmp_path: Path) ->
     key = env.api_key("acme", "submitter")
     path = write_jsonl(tmp_path / "b.jsonl", [request_line(i) for i in range(3)])
     async with service.client(key) as client:
-        batch = await _batch(client, path)
+        batch = await create_batch(client, path)
         with contextlib.suppress(openai.ConflictError):  # it may finish first (not audited)
             await client.batches.cancel(batch.id)
         await service.finished(client, batch.id)
@@ -223,7 +216,7 @@ async def test_a_tenant_quota_set_at_run_time_paces_that_tenant_only(
     for tenant in ("slow", "fast"):
         async with service.client(env.api_key(tenant, "submitter")) as client:
             started = time.monotonic()
-            done = await service.finished(client, (await _batch(client, path)).id)
+            done = await service.finished(client, (await create_batch(client, path)).id)
             took[tenant] = time.monotonic() - started
             assert done.status == "completed"
     assert took["slow"] > 5.5, took  # 8 requests at 60 RPM (a burst of 1): >= 7 s apart
