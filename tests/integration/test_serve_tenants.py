@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import orjson
 import pytest
 
 from promptmill.dev.harness import Env, sim_call, write_jsonl
+from promptmill.dev.secure import generate
 from tests.integration.test_serve import Service, create_batch, lines_of, request_line
 
 pytestmark = [pytest.mark.timeout(240)]
@@ -221,3 +223,59 @@ async def test_a_tenant_quota_set_at_run_time_paces_that_tenant_only(
             assert done.status == "completed"
     assert took["slow"] > 5.5, took  # 8 requests at 60 RPM (a burst of 1): >= 7 s apart
     assert took["fast"] < 5, took
+
+
+async def test_https_expiry_allow_list_openapi_and_metrics(env: Env, tmp_path: Path) -> None:
+    material = generate(tmp_path / "tls")  # a CA and a certificate for localhost/127.0.0.1
+    tls = {
+        "PROMPTMILL_SERVE_TLS_CERT": str(material.keystore),
+        "PROMPTMILL_SERVE_TLS_KEY": str(material.keystore),
+    }
+    service = Service(env, **tls)
+    base = service.base_url.replace("http://", "https://")
+    context = ssl.create_default_context(cafile=str(material.ca_file))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as http:
+        for _ in range(300):
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(base.removesuffix("/v1") + "/readyz") as response:
+                    if response.status == 200:
+                        break
+            await asyncio.sleep(0.1)
+        with pytest.raises(aiohttp.ClientError):  # plain HTTP is not served
+            async with http.get(service.base_url.removesuffix("/v1") + "/healthz"):
+                pass
+        async with http.get(base.removesuffix("/v1") + "/openapi.json") as response:
+            document = orjson.loads(await response.read())
+        assert document["openapi"].startswith("3.1")
+        assert {
+            "/v1/files",
+            "/v1/batches/{batch_id}/cancel",
+            "/v1/batches/{batch_id}/results",
+        } <= set(document["paths"])
+        assert "BatchObject" in document["components"]["schemas"]
+        short = env.api_key("acme", "submitter", expires_days="0.00003")  # ~2.6 s
+        assert (await _call(http, "GET", base + "/batches", short))[0] == 200
+        await asyncio.sleep(3)
+        assert (await _call(http, "GET", base + "/batches", short))[0] == 401
+    limited = env.api_key("acme", "submitter", model="promptmill-sim")
+    other_model = request_line(1)
+    other_model["body"]["model"] = "gpt-4o"
+    rows = [request_line(0), other_model]
+    path = write_jsonl(tmp_path / "models.jsonl", rows)
+    http_client = openai.DefaultAsyncHttpxClient(
+        verify=ssl.create_default_context(cafile=str(material.ca_file))
+    )
+    async with openai.AsyncOpenAI(
+        api_key=limited, base_url=base, max_retries=0, http_client=http_client
+    ) as client:
+        done = await service.finished(client, (await create_batch(client, path)).id)
+    assert done.status == "failed" and done.errors is not None and done.errors.data is not None
+    assert [(e.line, e.code) for e in done.errors.data] == [(2, "model_not_allowed")]
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as http,
+        http.get(base.removesuffix("/v1") + "/metrics") as response,
+    ):
+        metrics = await response.text()
+    assert 'promptmill_serve_requests_total{route="/v1/files",status="200"}' in metrics
+    assert 'promptmill_serve_batches_total{outcome="failed"} 1' in metrics
+    assert "promptmill_serve_upload_bytes_total" in metrics
