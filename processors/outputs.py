@@ -16,6 +16,7 @@ from the shared topics.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -23,7 +24,7 @@ from collections.abc import AsyncIterator, Sequence
 import orjson
 from pydantic import ValidationError
 
-from processors.retry import until_redis_answers
+from processors.retry import Backoff, until_redis_answers
 from processors.runtime import InRecord, Outcome
 from processors.runtime.deadletters import About, DeadLetters
 from schemas import BatchDone, Completion, Failure, Stage
@@ -34,10 +35,23 @@ from topics import TopicCatalog, TopicKind
 from topics.batch_index import read_lines
 from topics.blobs import BlobStore
 from topics.objects import FileRecord, Objects, new_file_id
-from topics.redis import RedisClient
+from topics.redis import REDIS_ERRORS, RedisClient
 
 log = logging.getLogger(__name__)
 READ_COUNT = 1000
+BLOB_ATTEMPTS = 6  # with the backoff: about a minute of a blob store that fails
+
+
+class BlobFailed(Exception):
+    """The blob store failed a write (its error is the cause)."""
+
+
+class BlobStoreDown(Exception):
+    """The batch's files could not be written after every attempt."""
+
+    def __init__(self, error: dict[str, str]) -> None:
+        super().__init__(error["message"])
+        self.error = error
 
 
 class OutputFiles:
@@ -52,6 +66,7 @@ class OutputFiles:
         prefix: str,
         objects: Objects,
         blobs: BlobStore,
+        backoff: Backoff | None = None,
     ) -> None:
         self._dead = DeadLetters(catalog.name(TopicKind.FAILURES), Stage.BATCHES)
         self._redis = redis
@@ -59,6 +74,7 @@ class OutputFiles:
         self._objects = objects
         self._blobs = blobs
         self.written = 0  # batches whose files this worker wrote
+        self._backoff = backoff or Backoff(1.0, 30.0)
 
     async def start(self) -> None:
         await self._blobs.start()
@@ -87,8 +103,16 @@ class OutputFiles:
         if not moved and status != "finalizing":
             return  # already final (this event was redelivered after the end)
         tenant = fields["tenant"]
-        output = await self._write(batch_id, tenant, "output_file_id", Completion)
-        errors = await self._write(batch_id, tenant, "error_file_id", Failure)
+        try:
+            output, errors = await self._write_both(batch_id, tenant)
+        except BlobStoreDown as exc:  # the batch must end: failed, its results still streamable
+            await self._objects.transition(
+                batch_id,
+                "failed",
+                ["finalizing"],
+                errors={"object": "list", "data": [exc.error]},
+            )
+            return
         final = "cancelled" if fields.get("cancel_requested") == "1" else "completed"
         files = {"output_file_id": output, "error_file_id": errors}
         await self._objects.transition(
@@ -97,6 +121,26 @@ class OutputFiles:
         self.written += 1
         log.info("batch %s: %s (output %s, errors %s)", batch_id, final, output, errors)
 
+    async def _write_both(self, batch_id: str, tenant: str) -> tuple[str | None, str | None]:
+        """Write the output and error files, retrying a failing blob store for a while."""
+        for attempt in range(1, BLOB_ATTEMPTS + 1):
+            try:
+                output = await self._write(batch_id, tenant, "output_file_id", Completion)
+                errors = await self._write(batch_id, tenant, "error_file_id", Failure)
+                return output, errors
+            except BlobFailed as failed:  # the blob store: S3 down, a full disk
+                exc = failed.__cause__ or failed
+                log.warning(
+                    "batch %s: writing its files failed (%s), attempt %d", batch_id, exc, attempt
+                )
+                if attempt == BLOB_ATTEMPTS:
+                    message = f"the output files could not be written: {str(exc)[:300]}"
+                    raise BlobStoreDown(
+                        {"code": "output_write_failed", "message": message}
+                    ) from exc
+                await asyncio.sleep(self._backoff.delay(attempt))
+        raise AssertionError("unreachable")
+
     async def _write(
         self, batch_id: str, tenant: str, field: str, kind: type[Completion | Failure]
     ) -> str | None:
@@ -104,18 +148,30 @@ class OutputFiles:
         fixed the first time); the file id, or ``None`` when there are none."""
         count = 0
 
+        redis_error: BaseException | None = None
+
         async def chunks() -> AsyncIterator[bytes]:
-            nonlocal count
-            async for batch in self._records(batch_id, kind):
-                count += len(batch)
-                yield b"".join(batch_output_line(r) + b"\n" for r in batch)
+            nonlocal count, redis_error
+            try:
+                async for batch in self._records(batch_id, kind):
+                    count += len(batch)
+                    yield b"".join(batch_output_line(r) + b"\n" for r in batch)
+            except REDIS_ERRORS as exc:
+                redis_error = exc
+                raise
 
         # fixed once, under a field of its own: the batch shows it only if the file exists
         file_id = await self._objects.set_batch_once(batch_id, f"next_{field}", new_file_id())
         blob = f"files/{file_id}"
-        size = await self._blobs.put(blob, chunks())
+        try:
+            size = await self._blobs.put(blob, chunks())
+            if count == 0:
+                await self._blobs.delete(blob)
+        except Exception as exc:
+            if redis_error is not None:
+                raise redis_error from None  # Redis, not the store: the caller waits for it
+            raise BlobFailed() from exc
         if count == 0:
-            await self._blobs.delete(blob)
             return None
         suffix = "output" if kind is Completion else "errors"
         await self._objects.put_file(
