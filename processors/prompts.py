@@ -42,6 +42,7 @@ from schemas.jobs import ModelParams
 from schemas.validation import describe_validation_error
 from topics import TopicCatalog, TopicKind
 from topics.budgets import Budget
+from topics.redis import UNAVAILABLE
 from topics.templates import TemplateStore
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ class PromptProcessor:
         finally:
             self._metrics.rate_limit_wait.inc(ticket.waited)
             if budgets:
-                await self._tenants_of().budgets.true_up(budgets, estimate, spent)
+                await self._true_up(budgets, estimate, spent)
         await self._fleet.settle(
             key,
             _reply_to_cache(reply) if key else None,
@@ -248,10 +249,13 @@ class PromptProcessor:
         )
         return reply, False
 
-    def _tenants_of(self) -> TenantWatch:
+    async def _true_up(self, budgets: tuple[Budget, ...], estimate: float, spent: float) -> None:
         if self._tenants is None:
-            raise RuntimeError("budgets need the tenant watch")
-        return self._tenants
+            return
+        try:
+            await self._tenants.budgets.true_up(budgets, estimate, spent)
+        except UNAVAILABLE as exc:  # the reservation stands (it was the estimate)
+            log.info("budget true-up skipped while Redis does not answer (%s)", exc)
 
     async def _reserve_budget(self, call: _Call) -> tuple[tuple[Budget, ...], float]:
         """Reserve the call's estimated cost in its tenant's and key's budgets (if any);
@@ -266,7 +270,11 @@ class PromptProcessor:
             completion_tokens=call.reserved - call.prompt_estimate,
         )
         estimate = cost_usd(self._config.prices, call.model, usage)
-        over = await self._tenants.budgets.reserve(budgets, estimate)
+        try:
+            over = await self._tenants.budgets.reserve(budgets, estimate)
+        except UNAVAILABLE as exc:  # fail open: a Redis outage must not fail jobs
+            log.info("budget of %s not reserved while Redis does not answer (%s)", call.tenant, exc)
+            return (), 0.0
         if over is not None:
             raise BudgetExceeded(
                 f"the {over.scope}'s budget of ${over.limit_usd:g} per {over.period} is used up"

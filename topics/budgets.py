@@ -8,10 +8,14 @@ retriable ``budget_exceeded`` dead letter. After the call the reservation is tru
 the real cost (or given back if the call failed). Spending is kept per period (``d`` +
 date, ``m`` + month, UTC) in micro-dollars, in one hash slot per tenant, so one script
 checks the tenant's and the key's budgets together.
+
+While Redis is unreachable budgets are not enforced (fail open, like the fleet limiter's
+local shares): calls go on with the budgets last known, unreserved; nothing fails for it.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,8 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas.openai import BudgetUse
 from topics.keys import KeyStore
-from topics.redis import LuaScript, RedisClient, tagged, text
+from topics.redis import UNAVAILABLE, LuaScript, RedisClient, tagged, text
 
+log = logging.getLogger(__name__)
 Period = Literal["day", "month"]
 MICRO = 1_000_000
 SPEND_TTL_SECONDS = 40 * 24 * 3600
@@ -115,6 +120,18 @@ class Budgets:
         hit = self._cache.get(cache_key)
         if hit is not None and hit[0] > now:
             return hit[1]  # type: ignore[return-value]
+        try:
+            found = await self._lookup(tenant, key_id)
+        except UNAVAILABLE as exc:  # keep what was known (or nothing) until Redis is back
+            if hit is None:
+                log.warning("budgets of %s unknown while Redis does not answer (%s)", tenant, exc)
+            found = hit[1] if hit is not None else ()  # type: ignore[assignment]
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[cache_key] = (now + CACHE_SECONDS, found)
+        return found
+
+    async def _lookup(self, tenant: str, key_id: str | None) -> tuple[Budget, ...]:
         found: list[Budget] = []
         policy = await self.policy(tenant)
         if policy is not None and policy.budget_usd is not None:
@@ -126,9 +143,6 @@ class Budgets:
             found.append(
                 self._budget("key", tenant, f"key:{key.key_id}", key.budget_usd, key.budget_period)
             )
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[cache_key] = (now + CACHE_SECONDS, tuple(found))
         return tuple(found)
 
     def _budget(

@@ -91,9 +91,16 @@ class TenantWatch:
         self.polls += 1
 
     async def _follow(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(self._poll)
             try:
                 await self.refresh()
             except REDIS_ERRORS as exc:
-                log.warning("tenant watch: Redis unavailable (%s); keeping what it knew", exc)
+                if not failing:  # once per outage
+                    log.warning(
+                        "tenant watch: no answer from Redis (%s); keeping what it knew", exc
+                    )
+                failing = True
+            else:
+                failing = False
