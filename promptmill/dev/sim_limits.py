@@ -7,6 +7,14 @@ second. A request is admitted only if *both* buckets can pay its cost; a
 rejected request is not charged, so a client that waits for ``retry-after``
 is admitted on its next attempt.
 
+Providers differ in how that bucket behaves, and a client must not need a setting per
+provider, so the simulator offers the shapes seen in practice (:class:`BucketShape`): a
+bucket that starts full (OpenAI's), one that starts empty, and a per-minute limit enforced
+per quantum (OpenAI documents 60,000 RPM as 1,000 per second): capacity
+``limit * quantum / 60``, refilled whole at each quantum boundary. The headers always
+carry the per-minute limit, what remains (of the quantum, when quantized) and the time
+until the bucket is full again.
+
 The headers are the ones OpenAI sends (``x-ratelimit-*``, ``retry-after``,
 ``retry-after-ms``) with durations in OpenAI's Go-style format ("1s", "120ms",
 "6m0s"), so clients that read them can be tested against the simulator.
@@ -45,20 +53,46 @@ def format_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
-class TokenBucket:
-    """A continuously refilling bucket: capacity ``limit``, refill ``limit / 60`` per second."""
+@dataclass(frozen=True)
+class BucketShape:
+    """How a provider's bucket behaves: starts full or empty; refills continuously or, with a
+    ``quantum`` (seconds), whole at each quantum boundary with ``limit * quantum / 60``."""
 
-    def __init__(self, limit: int, clock: Clock = time.monotonic) -> None:
+    start_full: bool = True
+    quantum: float = 0.0
+
+
+class TokenBucket:
+    """A provider's bucket for one per-minute ``limit`` (see :class:`BucketShape`)."""
+
+    def __init__(
+        self, limit: int, clock: Clock = time.monotonic, shape: BucketShape = BucketShape()
+    ) -> None:
         self.limit = limit
+        self._quantum = shape.quantum
+        self.capacity = (
+            max(1, math.floor(limit * shape.quantum / 60)) if shape.quantum > 0 else limit
+        )
         self._rate = limit / 60.0
         self._clock = clock
-        self._level = float(limit)
-        self._stamp = clock()
+        self._level = float(self.capacity) if shape.start_full else 0.0
+        self._origin = self._stamp = clock()
 
     def _refill(self) -> None:
         now = self._clock()
-        self._level = min(float(self.limit), self._level + (now - self._stamp) * self._rate)
+        if self._quantum > 0:
+            if self._boundary(now) > self._boundary(self._stamp):
+                self._level = float(self.capacity)
+        else:
+            self._level = min(float(self.limit), self._level + (now - self._stamp) * self._rate)
         self._stamp = now
+
+    def _boundary(self, at: float) -> int:
+        return math.floor((at - self._origin) / self._quantum)
+
+    def _next_boundary_in(self) -> float:
+        now = self._clock()
+        return self._origin + (self._boundary(now) + 1) * self._quantum - now
 
     @property
     def remaining(self) -> int:
@@ -68,14 +102,22 @@ class TokenBucket:
 
     def wait_for(self, cost: float) -> float:
         """Seconds until ``cost`` can be paid: 0 if now, ``math.inf`` if above the capacity."""
-        if cost > self.limit:
+        if cost > self.capacity:
             return math.inf
         self._refill()
-        return max(0.0, (cost - self._level) / self._rate)
+        if self._level >= cost:
+            return 0.0
+        if self._quantum > 0:
+            return self._next_boundary_in()
+        return (cost - self._level) / self._rate
 
     def until_full(self) -> float:
         """Seconds until the bucket is back at capacity (OpenAI's reset time)."""
         self._refill()
+        if self._level >= self.capacity:
+            return 0.0
+        if self._quantum > 0:
+            return self._next_boundary_in()
         return (self.limit - self._level) / self._rate
 
     def take(self, cost: float) -> None:
@@ -110,9 +152,15 @@ class Admission:
 class RateLimiter:
     """The request and token buckets together; a limit of 0 disables that bucket."""
 
-    def __init__(self, rpm: int, tpm: int, clock: Clock = time.monotonic) -> None:
-        self.requests = TokenBucket(rpm, clock) if rpm > 0 else None
-        self.tokens = TokenBucket(tpm, clock) if tpm > 0 else None
+    def __init__(
+        self,
+        rpm: int,
+        tpm: int,
+        clock: Clock = time.monotonic,
+        shape: BucketShape = BucketShape(),
+    ) -> None:
+        self.requests = TokenBucket(rpm, clock, shape) if rpm > 0 else None
+        self.tokens = TokenBucket(tpm, clock, shape) if tpm > 0 else None
 
     def admit(self, tokens: int) -> Admission:
         """Charge one request and ``tokens`` tokens, or reject without charging anything."""
@@ -126,7 +174,7 @@ class RateLimiter:
                 headers = self.headers()
                 headers["retry-after"] = str(max(1, math.ceil(wait)))
                 headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
-                return Admission(False, headers, kind, bucket.limit, cost)
+                return Admission(False, headers, kind, bucket.capacity, cost)
         for _, bucket, cost in checks:
             if bucket is not None:
                 bucket.take(cost)

@@ -25,13 +25,15 @@ import json
 import logging
 import signal
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from promptmill.dev.sim_limits import FaultDraws, RateLimiter
+from processors.retry import parse_duration
+from promptmill.dev.sim_limits import BucketShape, FaultDraws, RateLimiter
 from promptmill.dev.sim_text import (
     MALFORMED_BODY,
     Generated,
@@ -59,6 +61,16 @@ class SimConfig(BaseModel):
     tokens_per_second: float = Field(0.0, ge=0, description="Generation speed; 0 = instant.")
     rpm_limit: int = Field(0, ge=0, description="Requests per minute; 0 = no limit.")
     tpm_limit: int = Field(0, ge=0, description="Tokens per minute; 0 = no limit.")
+    bucket_start: Literal["full", "empty"] = Field(
+        "full", description="Whether the limit buckets start full (OpenAI) or empty."
+    )
+    quantum_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=60,
+        description="Enforce the per-minute limits per quantum of this many seconds "
+        "(capacity limit * quantum / 60, refilled whole each quantum); 0 = continuously.",
+    )
     error_rate: float = Field(0.0, ge=0, le=1, description="Share of requests answered HTTP 500.")
     timeout_rate: float = Field(0.0, ge=0, le=1, description="Share that hang hang_seconds.")
     hang_seconds: float = Field(120.0, ge=0, description="How long a 'timeout' request hangs.")
@@ -108,7 +120,7 @@ class Simulator:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self.stats = SimStats()
-        self.limiter = RateLimiter(config.rpm_limit, config.tpm_limit)
+        self.limiter = _limiter(config)
         self.draws = FaultDraws(config.seed)
 
     def _latency(self) -> float:
@@ -243,8 +255,8 @@ class Simulator:
         except ValidationError as exc:
             return error_response(400, str(exc))
         old, self.config = self.config, new
-        if (new.rpm_limit, new.tpm_limit) != (old.rpm_limit, old.tpm_limit):
-            self.limiter = RateLimiter(new.rpm_limit, new.tpm_limit)
+        if _limits(new) != _limits(old):
+            self.limiter = _limiter(new)
         if new.seed != old.seed:
             self.draws = FaultDraws(new.seed)
         logger.info("simulator config changed: %s", patch)
@@ -303,12 +315,34 @@ async def _serve(config: SimConfig, host: str, port: int) -> None:
         await runner.cleanup()
 
 
-_FLAGS = {
+def parse_quantum(value: str) -> float:
+    """``1s``, ``500ms``, ``1m0s`` (OpenAI's duration format) or plain seconds."""
+    try:
+        return float(value)
+    except ValueError:
+        seconds = parse_duration(value)
+    if seconds is None:
+        raise ValueError(f"not a duration: {value!r}")
+    return seconds
+
+
+def _limits(config: SimConfig) -> tuple[int, int, str, float]:
+    return config.rpm_limit, config.tpm_limit, config.bucket_start, config.quantum_seconds
+
+
+def _limiter(config: SimConfig) -> RateLimiter:
+    shape = BucketShape(config.bucket_start == "full", config.quantum_seconds)
+    return RateLimiter(config.rpm_limit, config.tpm_limit, shape=shape)
+
+
+_FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--latency-ms": ("latency_ms", float),
     "--jitter-ms": ("jitter_ms", float),
     "--tokens-per-second": ("tokens_per_second", float),
     "--rpm": ("rpm_limit", int),
     "--tpm": ("tpm_limit", int),
+    "--bucket-start": ("bucket_start", str),
+    "--quantum": ("quantum_seconds", parse_quantum),
     "--error-rate": ("error_rate", float),
     "--timeout-rate": ("timeout_rate", float),
     "--malformed-rate": ("malformed_rate", float),

@@ -12,7 +12,14 @@ import aiohttp
 import openai
 import pytest
 
-from promptmill.dev.sim_limits import FaultDraws, RateLimiter, TokenBucket, format_duration
+from promptmill.dev.sim_limits import (
+    BucketShape,
+    FaultDraws,
+    RateLimiter,
+    TokenBucket,
+    format_duration,
+)
+from promptmill.dev.simulator import SimConfig, Simulator, parse_quantum
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -248,6 +255,49 @@ def test_bucket_refills_continuously() -> None:
     assert bucket.until_full() == pytest.approx(30.0)
     limiter = RateLimiter(rpm=0, tpm=0)
     assert limiter.admit(10**9).admitted and limiter.headers() == {}
+
+
+def test_a_bucket_that_starts_empty_fills_at_the_limit_rate() -> None:
+    now = [0.0]
+    limiter = RateLimiter(1200, 0, clock=lambda: now[0], shape=BucketShape(start_full=False))
+    refused = limiter.admit(1)
+    assert not refused.admitted and refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert refused.headers["retry-after-ms"] == "50"  # one request every 50 ms
+    now[0] = 1.0
+    admitted = [limiter.admit(1).admitted for _ in range(25)]
+    assert admitted.count(True) == 20  # the 20 a second refilled, no more
+    assert limiter.headers()["x-ratelimit-reset-requests"] == "1m0s"
+
+
+def test_a_quantized_limit_refills_whole_each_quantum() -> None:
+    now = [0.0]
+    shape = BucketShape(quantum=1.0)  # 1,200 RPM enforced as 20 per second
+    limiter = RateLimiter(1200, 0, clock=lambda: now[0], shape=shape)
+    assert [limiter.admit(1).admitted for _ in range(25)].count(True) == 20
+    now[0] = 0.6
+    refused = limiter.admit(1)
+    assert not refused.admitted and refused.limit == 20
+    assert refused.headers["retry-after-ms"] == "400"  # to the next boundary
+    headers = limiter.headers()
+    assert headers["x-ratelimit-limit-requests"] == "1200"  # the per-minute limit is announced
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-ratelimit-reset-requests"] == "400ms"
+    now[0] = 1.0
+    assert [limiter.admit(1).admitted for _ in range(25)].count(True) == 20
+    now[0] = 5.5  # several quanta later: full again, never more than one quantum's worth
+    assert limiter.headers()["x-ratelimit-remaining-requests"] == "20"
+    assert TokenBucket(60, shape=BucketShape(quantum=0.5)).capacity == 1
+
+
+def test_the_simulator_takes_the_bucket_shape_from_flags_and_config() -> None:
+    assert parse_quantum("1s") == 1.0 and parse_quantum("250ms") == 0.25
+    assert parse_quantum("2") == 2.0
+    with pytest.raises(ValueError):
+        parse_quantum("soon")
+    config = SimConfig(rpm_limit=600, bucket_start="empty", quantum_seconds=2)
+    limiter = Simulator(config).limiter
+    assert limiter.requests is not None and limiter.requests.capacity == 20
+    assert limiter.requests.remaining == 0
 
 
 def test_fault_draws_follow_the_seed() -> None:
