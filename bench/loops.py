@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import httpx2
 import openai
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from processors.model import ModelClient
@@ -116,3 +118,61 @@ async def raw_kafka(bootstrap: str, source: str, sink: str, count: int, group: s
     finally:
         await producer.stop()
         await consumer.stop()
+
+
+class ScriptBucket:
+    """The token bucket a hand-written script uses: starts full, refills at the limit."""
+
+    def __init__(self, per_minute: float) -> None:
+        self.capacity = per_minute
+        self.level = per_minute
+        self.rate = per_minute / 60.0
+        self.stamp = time.monotonic()
+
+    async def take(self) -> None:
+        while True:
+            now = time.monotonic()
+            self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.level >= 1:
+                self.level -= 1
+                return
+            await asyncio.sleep((1 - self.level) / self.rate)
+
+
+async def token_bucket_script(
+    base_url: str,
+    count: int,
+    concurrency: int,
+    output: Path,
+    rpm: float = 0.0,
+    max_attempts: int = 3,
+) -> dict[str, float]:
+    """What a user writes by hand: one asyncio process, aiohttp, a token bucket that starts
+    full (``rpm`` 0: none), a retry on 429 after ``retry-after``, each result appended to a
+    JSONL file. Jobs/s, 429s and jobs that failed for good."""
+    bucket = ScriptBucket(rpm) if rpm else None
+    stats = {"rate_limited": 0, "failed": 0}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    with output.open("wb") as out:
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def call(i: int) -> None:
+                body = BODY | {"messages": [{"role": "user", "content": f"script {i}"}]}
+                for _ in range(max_attempts):
+                    if bucket is not None:
+                        await bucket.take()
+                    async with session.post(f"{base_url}/chat/completions", json=body) as reply:
+                        if reply.status == 429:
+                            stats["rate_limited"] += 1
+                            await asyncio.sleep(float(reply.headers.get("retry-after", "1")))
+                            continue
+                        answer = await reply.json()
+                    text = answer["choices"][0]["message"]["content"]
+                    out.write(orjson.dumps({"id": i, "text": text}) + b"\n")
+                    return
+                stats["failed"] += 1
+
+            started = time.perf_counter()
+            done = await _run(count, concurrency, call)
+    return {"jobs_per_s": done, "seconds": time.perf_counter() - started} | stats

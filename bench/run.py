@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from bench import front_door, scenarios
+from bench import front_door, provider, scenarios
 from promptmill.dev.harness import Endpoints
 from promptmill.dev.stack import down, up
 
@@ -43,6 +43,9 @@ async def measure(
     rows: list[Row] = []
     if only == "front_door":
         await _front_door(endpoints, workdir, scale, rows, raw)
+        return rows, raw
+    if only == "provider":
+        await _provider(endpoints, workdir, scale, rows, raw)
         return rows, raw
     for workers in (1, 2, 4):
         result = await scenarios.goodput(
@@ -135,6 +138,7 @@ async def measure(
                 )
             )
     await _front_door(endpoints, workdir, scale, rows, raw)
+    await _provider(endpoints, workdir, scale, rows, raw)
     result = await scenarios.render_paths(int(5000 * scale))
     raw["render_paths"] = result
     rows.append(
@@ -156,6 +160,76 @@ async def measure(
         )
     )
     return rows, raw
+
+
+async def _provider(
+    endpoints: Endpoints, workdir: Path, scale: float, rows: list[Row], raw: dict[str, Any]
+) -> None:
+    """Issue 10's table: the provider's bucket shapes, at 1,200 RPM and 300 ms."""
+    count = int(2400 * scale)
+    ideal = provider.ideal_seconds(count)
+    for workers in (1, 2):
+        result = await provider.shaped(
+            endpoints, workdir, workers=workers, count=count, shape={}, script=workers == 1
+        )
+        raw[f"full_bucket_{workers}_workers"] = result
+        ratio = result["wall_s"] / ideal
+        rows.append(
+            Row(
+                f"full-bucket provider, 1,200 RPM, {count:,} jobs, 300 ms, {workers} worker(s):"
+                " wall / ideal",
+                f"{ratio:.2f} ({result['wall_s']:.1f} s vs {ideal:.1f} s), "
+                f"429s {result['share_429']:.2%}"
+                + (
+                    f"; a token-bucket script: {result['script_wall_s']:.1f} s, "
+                    f"{result['script_429']} 429s"
+                    if "script_wall_s" in result
+                    else ""
+                ),
+                "<= 1.05, <= 0.5% 429s",
+                ratio <= 1.05 and result["share_429"] <= 0.005,
+            )
+        )
+    shapes = (
+        ("empty-start", {"bucket_start": "empty"}),
+        ("per-second quantized", {"quantum_seconds": 1.0}),
+    )
+    for label, shape in shapes:
+        result = await provider.shaped(endpoints, workdir, workers=2, count=count, shape=shape)
+        raw[label] = result
+        rows.append(
+            Row(
+                f"{label} provider, 1,200 RPM, {count:,} jobs, 2 workers: goodput / limit",
+                f"{result['goodput_ratio']:.3f}, 429s {result['share_429']:.2%}, "
+                f"{result['failed']} failed",
+                ">= 0.95, <= 0.5% 429s",
+                result["goodput_ratio"] >= 0.95 and result["share_429"] <= 0.005,
+            )
+        )
+    trips = {w: raw[f"full_bucket_{w}_workers"]["redis_trips_per_job"] for w in (1, 2)}
+    trips[4] = (await provider.shaped(endpoints, workdir, workers=4, count=count // 2, shape={}))[
+        "redis_trips_per_job"
+    ]
+    raw["redis_trips_under_limits"] = trips
+    rows.append(
+        Row(
+            "Redis round trips per job under sustained limits, 1 / 2 / 4 workers",
+            " / ".join(f"{trips[w]:.2f}" for w in (1, 2, 4)),
+            "<= 2",
+            max(trips.values()) <= 2,
+        )
+    )
+    result = await provider.unlimited_vs_script(endpoints, workdir, int(6000 * scale))
+    raw["unlimited_vs_script"] = result
+    ratio = result["pipeline_per_s"] / result["script_per_s"]
+    rows.append(
+        Row(
+            "unlimited, 20 ms: one worker / a token-bucket asyncio+aiohttp script",
+            f"{ratio:.2f} ({result['pipeline_per_s']:.0f} vs {result['script_per_s']:.0f}/s)",
+            ">= 1.5",
+            ratio >= 1.5,
+        )
+    )
 
 
 async def _front_door(
@@ -195,7 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller runs (noisier)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
-    parser.add_argument("--only", choices=["front_door"], help="run only this scenario")
+    parser.add_argument(
+        "--only", choices=["front_door", "provider"], help="run only these scenarios"
+    )
     args = parser.parse_args(argv)
     state = ROOT / ".promptmill" / "bench"
     cache = Path(os.environ.get("PROMPTMILL_CACHE_DIR", Path.home() / ".cache" / "promptmill"))

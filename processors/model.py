@@ -224,6 +224,8 @@ def feedback_from(headers: Mapping[str, str]) -> ProviderFeedback | None:
         reset_requests=parse_duration(headers.get("x-ratelimit-reset-requests")),
         remaining_tokens=number("x-ratelimit-remaining-tokens"),
         reset_tokens=parse_duration(headers.get("x-ratelimit-reset-tokens")),
+        limit_requests=number("x-ratelimit-limit-requests"),
+        limit_tokens=number("x-ratelimit-limit-tokens"),
     )
 
 

@@ -55,8 +55,9 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
             return None
 
 
-_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+# Go's time.Duration units, as OpenAI formats its reset headers ("6m0s", "20ms", "1.5s")
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
 
 
 def parse_duration(value: str | None) -> float | None:

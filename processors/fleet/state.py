@@ -53,6 +53,8 @@ class ProviderFeedback:
     reset_requests: float | None = None
     remaining_tokens: int | None = None
     reset_tokens: float | None = None
+    limit_requests: int | None = None  # the per-minute limits the provider announces
+    limit_tokens: int | None = None
 
     def pause_seconds(self) -> float:
         """How long the fleet should hold off because the provider's bucket is empty."""

@@ -166,3 +166,31 @@ def test_provider_feedback_from_headers() -> None:
     assert feedback.pause_seconds() == 1.5
     assert feedback_from({}) is None
     assert parse_duration("6m0s") == 360.0 and parse_duration("soon") is None
+    limits = feedback_from(headers | {"x-ratelimit-limit-requests": "1200"})
+    assert limits is not None and (limits.limit_requests, limits.limit_tokens) == (1200, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("0s", 0.0),
+        ("1s", 1.0),
+        ("1.5s", 1.5),
+        ("20ms", 0.02),
+        ("6m0s", 360.0),
+        ("1m7.2s", 67.2),
+        ("2h", 7200.0),
+        ("1h2m3.5s", 3723.5),
+        ("500us", 0.0005),
+        ("250µs", 0.00025),
+        ("100ns", 1e-7),
+        ("1s20ms", 1.02),
+    ],
+)
+def test_every_duration_form_openai_sends(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "1x", "ms", "-1s", "1.s", "1s garbage", None])
+def test_a_duration_that_is_not_one_is_none(text: str | None) -> None:
+    assert parse_duration(text) is None
