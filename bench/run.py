@@ -210,7 +210,7 @@ async def _provider(
     trips[4] = (await provider.shaped(endpoints, workdir, workers=4, count=count // 2, shape={}))[
         "redis_trips_per_job"
     ]
-    raw["redis_trips_under_limits"] = trips
+    raw["redis_trips_under_limits"] = {str(w): t for w, t in trips.items()}
     rows.append(
         Row(
             "Redis round trips per job under sustained limits, 1 / 2 / 4 workers",

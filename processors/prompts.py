@@ -246,6 +246,7 @@ class PromptProcessor:
             call.tenant,
             refund_tokens=self._refund(call, reply),
             feedback=reply.feedback,
+            marks=ticket.marks,
         )
         return reply, False
 

@@ -40,6 +40,7 @@ class BucketSpec:
     interval_ms: float  # emission interval per unit (ms)
     tolerance_ms: float  # burst tolerance (ms) = burst units * interval
     adaptive: bool  # slowed by the provider's 429s (model buckets) or not (tenant quotas)
+    limit: int = 0  # units per minute: the ceiling of what the provider's headers may add
 
     @classmethod
     def for_limit(cls, key: str, limit: int, burst_seconds: float, *, adaptive: bool) -> BucketSpec:
@@ -49,7 +50,7 @@ class BucketSpec:
             if limit > burst
             else (WINDOW_SECONDS * 1000.0 / limit)
         )
-        return cls(key, interval, burst * interval, adaptive)
+        return cls(key, interval, burst * interval, adaptive, limit)
 
 
 @dataclass

@@ -30,7 +30,11 @@ end
 
 # KEYS: control key, bucket keys... (one hash slot: see FleetState's keys)
 # ARGV: recovery_ms, horizon_ms, then per bucket: interval_ms, tolerance_ms, cost, adaptive.
-# Returns {0, wait_ms, send_ms} (reserved) | {2, come_back_ms}.
+# Returns {0, wait_ms, send_ms, mark per bucket...} (reserved) | {2, come_back_ms}.
+# A bucket's ``credit`` is capacity the provider announced and the fleet has not spent yet
+# (see SETTLE): a request it covers goes now, spends it, and does not move the bucket's
+# pacing on (the credit already is the provider's count). ``sent`` counts every unit
+# reserved; the mark returned is its value after this reservation.
 RESERVE = (
     PRELUDE
     + """
@@ -39,7 +43,7 @@ if n == 0 then return {0, '0', string.format('%.3f', now)} end
 local ctl = redis.call('HMGET', KEYS[1], 'f0', 'pts', 'pause')
 local factor = factor_of(ctl, tonumber(ARGV[1]))
 local send = math.max(now, tonumber(ctl[3]) or 0)
-local tats, intervals, costs = {}, {}, {}
+local tats, intervals, costs, credits = {}, {}, {}, {}
 for i = 1, n do
   local base = 2 + (i - 1) * 4
   local interval = tonumber(ARGV[base + 1])
@@ -48,38 +52,68 @@ for i = 1, n do
   if ARGV[base + 4] == '1' then interval = interval / factor end
   local tat, last = load(KEYS[1 + i])
   tat = tat or now
-  local amount = cost * interval
+  local credit = tonumber(redis.call('HGET', KEYS[1 + i], 'credit') or '0')
   local earliest = tat
-  if amount <= tolerance then earliest = tat + amount - tolerance end
+  if credit >= cost then
+    earliest = now
+  else
+    local amount = cost * interval
+    if amount <= tolerance then earliest = tat + amount - tolerance end
+  end
   if earliest > send then send = earliest end
-  tats[i], intervals[i], costs[i] = tat, interval, cost
+  tats[i], intervals[i], costs[i], credits[i] = tat, interval, cost, credit
 end
 local horizon = tonumber(ARGV[2])
 if send - now > horizon then
   return {2, string.format('%.3f', send - now - horizon)}
 end
+local answer = {0, string.format('%.3f', send - now), string.format('%.3f', send)}
 for i = 1, n do
-  store(KEYS[1 + i], math.max(tats[i], send) + costs[i] * intervals[i], send)
+  local key = KEYS[1 + i]
+  if credits[i] >= costs[i] then
+    store(key, math.max(tats[i], send), send)
+    redis.call('HSET', key, 'credit', credits[i] - costs[i])
+  else
+    store(key, math.max(tats[i], send) + costs[i] * intervals[i], send)
+  end
+  answer[3 + i] = tostring(redis.call('HINCRBY', key, 'sent', costs[i]))
 end
-return {0, string.format('%.3f', send - now), string.format('%.3f', send)}
+return answer
 """
 )
 
 # KEYS: control key, bucket keys...
-# ARGV: recovery_ms, pause_ms, then per bucket: interval_ms, refund_units, adaptive
+# ARGV: recovery_ms, pause_ms, then per bucket: interval_ms, refund_units, adaptive,
+# remaining (what the provider announced for it; -1: nothing), mark (RESERVE's), cap.
+# The provider's ``remaining`` counted the call and what reached it before; every unit
+# reserved since the call's own reservation (``sent`` - mark) may not have reached it, so
+# the fleet's credit becomes remaining - (sent - mark), at most ``cap`` (the configured
+# limit stays the ceiling); only an answer to a later reservation than the one that set it
+# replaces it, so the announced capacity is spent once across the fleet.
 SETTLE = (
     PRELUDE
     + """
 local ctl = redis.call('HMGET', KEYS[1], 'f0', 'pts', 'pause')
 local factor = factor_of(ctl, tonumber(ARGV[1]))
 for i = 2, #KEYS do
-  local base = 2 + (i - 2) * 3
+  local base = 2 + (i - 2) * 6
   local tat, last = load(KEYS[i])
-  if tat then
+  local refund = tonumber(ARGV[base + 2])
+  if tat and refund ~= 0 then
     local interval = tonumber(ARGV[base + 1])
     if ARGV[base + 3] == '1' then interval = interval / factor end
     -- never behind a send already reserved: sends stay in reservation order
-    store(KEYS[i], math.max(last, tat - tonumber(ARGV[base + 2]) * interval), last)
+    store(KEYS[i], math.max(last, tat - refund * interval), last)
+  end
+  local remaining, mark = tonumber(ARGV[base + 4]), tonumber(ARGV[base + 5])
+  if remaining >= 0 and mark >= 0 then
+    local state = redis.call('HMGET', KEYS[i], 'sent', 'from')
+    if mark >= (tonumber(state[2]) or -1) then
+      local unseen = math.max(0, (tonumber(state[1]) or 0) - mark)
+      local credit = math.max(0, math.min(tonumber(ARGV[base + 6]), remaining - unseen))
+      redis.call('HSET', KEYS[i], 'credit', credit, 'from', mark)
+      if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], 120000) end
+    end
   end
 end
 local pause = tonumber(ARGV[2])

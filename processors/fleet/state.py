@@ -43,6 +43,7 @@ class Lookup:
     wait: float = 0.0
     reserved: bool = True
     send_at: float | None = None
+    marks: tuple[int, ...] = ()  # per bucket: its ``sent`` count after this reservation
 
 
 @dataclass(frozen=True)
@@ -57,13 +58,21 @@ class ProviderFeedback:
     limit_tokens: int | None = None
 
     def pause_seconds(self) -> float:
-        """How long the fleet should hold off because the provider's bucket is empty."""
+        """How long the fleet should hold off because the provider's bucket is empty: until
+        it is refilled, but no longer than one unit takes to come back at the announced
+        limit (a continuously refilled bucket's reset is the time until it is *full*)."""
         pause = 0.0
-        if self.remaining_requests == 0 and self.reset_requests:
-            pause = self.reset_requests
-        if self.remaining_tokens == 0 and self.reset_tokens:
-            pause = max(pause, self.reset_tokens)
+        for remaining, reset, limit in (
+            (self.remaining_requests, self.reset_requests, self.limit_requests),
+            (self.remaining_tokens, self.reset_tokens, self.limit_tokens),
+        ):
+            if remaining == 0 and reset:
+                pause = max(pause, min(reset, 60.0 / limit) if limit else reset)
         return pause
+
+    def remaining(self, counts: str) -> int | None:
+        """What remains of the provider's requests or tokens bucket, if it said."""
+        return self.remaining_requests if counts == "requests" else self.remaining_tokens
 
 
 @dataclass(frozen=True)
@@ -141,7 +150,8 @@ class FleetState:
         wait = max(0.0, float(answer[1]) / 1000.0)
         if answer[0] == 2:
             return Lookup(None, wait, reserved=False)
-        return Lookup(None, wait, send_at=float(answer[2]) / 1000.0)
+        marks = tuple(int(m) for m in answer[3:])
+        return Lookup(None, wait, send_at=float(answer[2]) / 1000.0, marks=marks)
 
     async def settle(
         self,
@@ -151,25 +161,38 @@ class FleetState:
         tenant: str,
         refund_tokens: int,
         feedback: ProviderFeedback | None,
+        marks: tuple[int, ...] = (),
     ) -> None:
-        """Store the answer and true up the token reservation (one pipelined round trip)."""
-        buckets = [
-            (s, c) for s, c in self._limits.buckets(self._prefix, model, tenant) if c == "tokens"
+        """Store the answer, true up the token reservation and learn the provider's
+        announced capacity (one pipelined round trip)."""
+        every = self._limits.buckets(self._prefix, model, tenant)
+        learned = [
+            feedback.remaining(counts) if feedback and spec.adaptive and marks else None
+            for spec, counts in every
         ]
+        keep = [
+            i for i, (_, counts) in enumerate(every) if counts == "tokens" or learned[i] is not None
+        ]
+        buckets = [every[i] for i in keep]
         pause = feedback.pause_seconds() if feedback else 0.0
         store = cache_key is not None and value is not None
         if not store and not buckets and not pause:
             return
         if self._redis is None or not self._use_redis():
-            for spec, _ in buckets:
-                self._local.refund(
-                    spec.key, refund_tokens, spec.interval_ms / self._config.local_share
-                )
+            for spec, counts in buckets:
+                if counts == "tokens":
+                    self._local.refund(
+                        spec.key, refund_tokens, spec.interval_ms / self._config.local_share
+                    )
             return
         keys = [self._control(model)] + [s.key for s, _ in buckets]
         args: list[Any] = [self._recovery_ms, pause * 1000.0]
-        for spec, _ in buckets:
-            args += [spec.interval_ms, refund_tokens, int(spec.adaptive)]
+        for i, (spec, counts) in zip(keep, buckets, strict=True):
+            remaining = learned[i]
+            refund = refund_tokens if counts == "tokens" else 0
+            mark = marks[i] if remaining is not None and i < len(marks) else -1
+            args += [spec.interval_ms, refund, int(spec.adaptive)]
+            args += [-1 if remaining is None else remaining, mark, spec.limit]
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 if store:

@@ -30,6 +30,7 @@ class Ticket:
         self.tokens = tokens
         self._first: Lookup | None = first
         self.waited = 0.0  # seconds spent waiting for the limits
+        self.marks: tuple[int, ...] = ()  # of the reservation the last attempt went on
         self._rng = random.Random()
 
     async def admit(self, attempt: int) -> None:
@@ -46,6 +47,7 @@ class Ticket:
                 while not lookup.reserved:
                     await self._sleep(lookup.wait * (1 + self._rng.uniform(0, JITTER)))
                     lookup = await self._reserve()
+        self.marks = lookup.marks
         await self._sleep(lookup.wait)
 
     async def _reserve(self) -> Lookup:

@@ -241,8 +241,10 @@ class Simulator:
         return web.json_response(asdict(self.stats))
 
     async def reset(self, request: web.Request) -> web.Response:
-        """``POST /sim/reset``: zero the counters."""
+        """``POST /sim/reset``: zero the counters and start the limit buckets afresh (full or
+        empty, as configured): a new run meets a provider that has not seen the last one."""
         self.stats = SimStats()
+        self.limiter = _limiter(self.config)
         return web.json_response(asdict(self.stats))
 
     async def set_config(self, request: web.Request) -> web.Response:

@@ -205,6 +205,13 @@ async def test_stats_and_reset(sim: Sim) -> None:
     }
     await sim.admin("reset")
     assert (await sim.admin("stats"))["requests"] == 0
+    await sim.admin("config", {"rpm_limit": 2})  # a provider bucket of 2, drained
+    await sim.chat("one")
+    await sim.chat("two")
+    with pytest.raises(openai.RateLimitError):
+        await sim.chat("three")
+    await sim.admin("reset")  # a fresh provider: its bucket starts full again
+    await sim.chat("four")
 
 
 async def test_config_changes_behaviour_live(sim: Sim) -> None:
