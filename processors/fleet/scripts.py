@@ -32,8 +32,8 @@ end
 # ARGV: recovery_ms, horizon_ms, then per bucket: interval_ms, tolerance_ms, cost, adaptive.
 # Returns {0, wait_ms, send_ms, mark per bucket...} (reserved) | {2, come_back_ms}.
 # A bucket's ``credit`` is capacity the provider announced and the fleet has not spent yet
-# (see SETTLE): a request it covers goes now, spends it, and does not move the bucket's
-# pacing on (the credit already is the provider's count). ``sent`` counts every unit
+# (see SETTLE): a request it covers goes now and spends it; the bucket's pacing is only
+# held so that no burst builds up meanwhile (the credit already is the provider's count). ``sent`` counts every unit
 # reserved; the mark returned is its value after this reservation.
 RESERVE = (
     PRELUDE
@@ -43,7 +43,7 @@ if n == 0 then return {0, '0', string.format('%.3f', now)} end
 local ctl = redis.call('HMGET', KEYS[1], 'f0', 'pts', 'pause')
 local factor = factor_of(ctl, tonumber(ARGV[1]))
 local send = math.max(now, tonumber(ctl[3]) or 0)
-local tats, intervals, costs, credits = {}, {}, {}, {}
+local tats, intervals, costs, credits, tolerances = {}, {}, {}, {}, {}
 for i = 1, n do
   local base = 2 + (i - 1) * 4
   local interval = tonumber(ARGV[base + 1])
@@ -62,6 +62,7 @@ for i = 1, n do
   end
   if earliest > send then send = earliest end
   tats[i], intervals[i], costs[i], credits[i] = tat, interval, cost, credit
+  tolerances[i] = tolerance
 end
 local horizon = tonumber(ARGV[2])
 if send - now > horizon then
@@ -71,7 +72,9 @@ local answer = {0, string.format('%.3f', send - now), string.format('%.3f', send
 for i = 1, n do
   local key = KEYS[1 + i]
   if credits[i] >= costs[i] then
-    store(key, math.max(tats[i], send), send)
+    -- no burst builds up while credit is spent: once it is gone, pacing resumes one
+    -- interval after the last credited send, never with a burst the provider cannot take
+    store(key, math.max(tats[i], send + tolerances[i]), send)
     redis.call('HSET', key, 'credit', credits[i] - costs[i])
   else
     store(key, math.max(tats[i], send) + costs[i] * intervals[i], send)
