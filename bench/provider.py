@@ -42,8 +42,13 @@ async def shaped(
     name = f"provider-{workers}-{'-'.join(f'{k}{v}' for k, v in shape.items())}"
     jobs = _jobs(workdir / f"{name}.jsonl", count, cache=False, tag=env.prefix)
     limits = orjson.dumps({SIM_MODEL: {"rpm": RPM}}).decode()
-    records, tails = await _run_batch(
-        env, jobs, workers, count / (RPM / 60) * 4 + 60, PROMPTMILL_MODEL_LIMITS=limits
+    records, tails = await _run_batch(  # several workers: let their group settle first
+        env,
+        jobs,
+        workers,
+        count / (RPM / 60) * 4 + 60,
+        warm_up=8.0 if workers > 1 else 0.0,
+        PROMPTMILL_MODEL_LIMITS=limits,
     )
     # from the first send (its completion less one latency) to the last completion
     done = sorted(r.created_at.timestamp() for r in records.values() if isinstance(r, Completion))

@@ -33,8 +33,8 @@ end
 # Returns {0, wait_ms, send_ms, mark per bucket...} (reserved) | {2, come_back_ms}.
 # A bucket's ``credit`` is capacity the provider announced and the fleet has not spent yet
 # (see SETTLE): a request it covers goes now and spends it; the bucket's pacing is only
-# held so that no burst builds up meanwhile (the credit already is the provider's count). ``sent`` counts every unit
-# reserved; the mark returned is its value after this reservation.
+# held so that no burst builds up meanwhile (the credit already is the provider's count).
+# ``sent`` counts every unit reserved; the mark returned is its value after this one.
 RESERVE = (
     PRELUDE
     + """
