@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 from jinja2 import TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import ValidationError
@@ -237,7 +237,7 @@ async def _transaction(
                     key = event.target.encode()
                     sent.append(await producer.send(audit_topic, encode(event), key=key))
             return actions
-        except ProducerFenced:
+        except (ProducerFenced, IllegalOperation):  # fenced mid-transaction: it aborted
             log.info("another template push won the race (attempt %d); reading again", attempt)
         finally:
             with contextlib.suppress(KafkaError):
