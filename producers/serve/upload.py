@@ -53,7 +53,7 @@ class UploadCheck:
     _buffer: bytearray = field(default_factory=bytearray)
     _skipping: int = 0  # bytes of an over-long line read past so far
     _ids: set[bytes] = field(default_factory=set)
-    _parser: LineParser | None = None
+    _parser: LineParser = field(init=False)
 
     def __post_init__(self) -> None:
         self._parser = LineParser(
@@ -112,7 +112,6 @@ class UploadCheck:
             return
         if not raw.strip():
             return
-        assert self._parser is not None
         item = self._parser.parse(number, raw)
         if item is None:
             return
