@@ -2,15 +2,19 @@
 hand-written script does on the same simulator.
 
 Each scenario gives the simulator one bucket shape -- full at the start (OpenAI's), empty
-at the start, or a per-minute limit enforced per second -- at 1,200 RPM and 300 +/- 100 ms,
-runs a batch through promptmill's workers (configured with the same limit, as a user
-would), and reads the 429s from the simulator's counter. ``ideal`` is the physical limit
-of a full bucket: ``(N - capacity) / rate + one latency``.
+at the start, or a per-minute limit enforced per second -- at 1,200 RPM (or 60,000 TPM)
+and 300 +/- 100 ms, runs a batch through promptmill's workers (configured with the same
+limit, as a user would), and reads the 429s from the simulator's counter. ``ideal`` is the
+physical limit of a full bucket: ``(N - capacity) / rate + one latency``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import re
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +22,14 @@ import orjson
 
 from bench import loops
 from bench.scenarios import SIM_MODEL, _jobs, _rate, _run_batch, fresh_env
-from promptmill.dev.harness import Endpoints, sim_call
+from promptmill.dev.harness import Endpoints, sim_call, until
 from schemas import Completion, Failure
 
 RPM = 1200
+TPM = 60_000
 LATENCY = {"latency_ms": 300, "jitter_ms": 100}
+PROMPT_CHARS, MAX_TOKENS = 1200, 64  # the TPM-bound jobs: ~300 prompt tokens, max_tokens 64
+STORM_SECONDS = 10.0
 _TRIPS = re.compile(r"redis round trips: (\d+) for (\d+) jobs")
 
 
@@ -34,21 +41,34 @@ async def shaped(
     count: int,
     shape: dict[str, Any],
     script: bool = False,
-) -> dict[str, float]:
-    """One batch of ``count`` jobs on a provider of ``shape``: wall time, goodput, 429s,
-    Redis round trips per job; with ``script``, the hand-written script's run too."""
-    sim = {"rpm_limit": RPM} | LATENCY | shape
+    limit: dict[str, int] | None = None,
+    chars: int = 0,
+    max_tokens: int = 16,
+    during: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+) -> dict[str, Any]:
+    """One batch of ``count`` jobs on a provider of ``shape`` and ``limit`` (the workers
+    are told the same limit): wall time, goodput, 429s, Redis round trips per job, the
+    completion times; with ``script``, the hand-written script's run too."""
+    limit = limit or {"rpm": RPM}
+    sim = {f"{kind}_limit": value for kind, value in limit.items()} | LATENCY | shape
     env = await fresh_env(endpoints, workdir, **sim)
-    name = f"provider-{workers}-{'-'.join(f'{k}{v}' for k, v in shape.items())}"
-    jobs = _jobs(workdir / f"{name}.jsonl", count, cache=False, tag=env.prefix)
-    limits = orjson.dumps({SIM_MODEL: {"rpm": RPM}}).decode()
+    name = f"provider-{workers}-{'-'.join(f'{k}{v}' for k, v in (limit | shape).items())}"
+    jobs = _jobs(
+        workdir / f"{name}.jsonl",
+        count,
+        cache=False,
+        tag=env.prefix,
+        chars=chars,
+        max_tokens=max_tokens,
+    )
     records, tails = await _run_batch(  # several workers: let their group settle first
         env,
         jobs,
         workers,
-        count / (RPM / 60) * 4 + 60,
+        count / jobs_per_second(limit, chars, max_tokens) * 4 + 60,
         warm_up=8.0 if workers > 1 else 0.0,
-        PROMPTMILL_MODEL_LIMITS=limits,
+        during=during,
+        PROMPTMILL_MODEL_LIMITS=orjson.dumps({SIM_MODEL: limit}).decode(),
     )
     # from the first send (its completion less one latency) to the last completion
     done = sorted(r.created_at.timestamp() for r in records.values() if isinstance(r, Completion))
@@ -56,13 +76,15 @@ async def shaped(
     stats = await sim_call(endpoints.sim_url, "GET", "/sim/stats")
     calls = stats["chat_completions"] + stats["rate_limited"]
     trips = [_TRIPS.search(tail) for tail in tails]
-    result = {
+    result: dict[str, Any] = {
         "wall_s": wall,
-        "goodput_ratio": _rate(records, skip_seconds=3) / (RPM / 60),
+        "goodput_ratio": _rate(records, skip_seconds=3) / jobs_per_second(limit, chars, max_tokens),
         "share_429": stats["rate_limited"] / calls if calls else 0.0,
+        "rate_limited": stats["rate_limited"],
         "redis_trips_per_job": sum(int(m.group(1)) for m in trips if m)
         / max(1, sum(int(m.group(2)) for m in trips if m)),
         "failed": sum(1 for r in records.values() if isinstance(r, Failure)),
+        "done": done,
     }
     if script:
         await fresh_env(endpoints, workdir, **sim)  # a fresh provider bucket of the same shape
@@ -74,9 +96,62 @@ async def shaped(
     return result
 
 
-def ideal_seconds(count: int, capacity: int = RPM) -> float:
+def job_tokens(chars: int, max_tokens: int) -> int:
+    """What one job costs in the provider's tokens bucket: the prompt's tokens as the
+    simulator counts them (characters / 4) plus ``max_tokens`` (OpenAI's way)."""
+    return max(1, math.ceil(chars / 4)) + max_tokens
+
+
+def jobs_per_second(limit: dict[str, int], chars: int = 0, max_tokens: int = 16) -> float:
+    """The rate a limit allows, in jobs per second."""
+    if "tpm" in limit:
+        return limit["tpm"] / 60 / job_tokens(chars, max_tokens)
+    return limit["rpm"] / 60
+
+
+def ideal_seconds(count: int, capacity: int = RPM, rate: float = RPM / 60) -> float:
     """A full bucket's physical limit: spend the capacity at once, then the refill."""
-    return max(0, count - capacity) / (RPM / 60) + LATENCY["latency_ms"] / 1000
+    return max(0, count - capacity) / rate + LATENCY["latency_ms"] / 1000
+
+
+async def tpm_bound(endpoints: Endpoints, workdir: Path, count: int) -> dict[str, Any]:
+    """60,000 TPM, ~300-token prompts, max_tokens 64, 2 workers: wall against the ideal."""
+    result = await shaped(
+        endpoints,
+        workdir,
+        workers=2,
+        count=count,
+        shape={},
+        limit={"tpm": TPM},
+        chars=PROMPT_CHARS,
+        max_tokens=MAX_TOKENS,
+    )
+    cost = job_tokens(PROMPT_CHARS, MAX_TOKENS)
+    result["ideal_s"] = ideal_seconds(count, TPM // cost, TPM / 60 / cost)
+    return result
+
+
+async def storm(endpoints: Endpoints, workdir: Path, count: int) -> dict[str, Any]:
+    """A 10 s storm of 429s once a third of the batch is done (past the full bucket, at the
+    refill rate), 2 workers: jobs failed, and how soon after the storm the fleet is back at
+    >= 95% of the limit (the first moment from which 4 s run at that rate)."""
+    ended: list[float] = []
+
+    async def blow(records: dict[str, Any]) -> None:
+        await until(lambda: len(records) >= RPM + (count - RPM) // 4, within=300)
+        await sim_call(endpoints.sim_url, "POST", "/sim/config", {"storm": True})
+        await asyncio.sleep(STORM_SECONDS)
+        await sim_call(endpoints.sim_url, "POST", "/sim/config", {"storm": False})
+        ended.append(time.time())
+
+    result = await shaped(endpoints, workdir, workers=2, count=count, shape={}, during=blow)
+    done, end = result["done"], ended[0]
+    target = 0.95 * RPM / 60 * 4
+    back = next(
+        (t for t in done if t >= end and sum(1 for u in done if t <= u < t + 4) >= target),
+        math.inf,
+    )
+    return result | {"recovered_s": back - end}
 
 
 async def unlimited_vs_script(endpoints: Endpoints, workdir: Path, count: int) -> dict[str, float]:

@@ -7,6 +7,7 @@ import re
 import statistics
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +36,17 @@ async def fresh_env(endpoints: Endpoints, workdir: Path, **sim: Any) -> Env:
     return env
 
 
-def _jobs(path: Path, count: int, *, cache: bool, tag: str) -> Path:
+def _jobs(
+    path: Path, count: int, *, cache: bool, tag: str, chars: int = 0, max_tokens: int = 16
+) -> Path:
+    """``count`` distinct jobs; each prompt padded to ``chars`` characters (~chars / 4
+    tokens) when given."""
     return write_jsonl(
         path,
         [
             {
-                "messages": [{"role": "user", "content": f"{tag} job {i}"}],
-                "params": {"temperature": 0, "max_tokens": 16},
+                "messages": [{"role": "user", "content": f"{tag} job {i} ".ljust(chars, "x")}],
+                "params": {"temperature": 0, "max_tokens": max_tokens},
                 "cache": cache,
             }
             for i in range(count)
@@ -58,15 +63,23 @@ def _rate(records: dict[str, Any], skip_seconds: float = 0.0) -> float:
 
 
 async def _run_batch(
-    env: Env, jobs: Path, workers: int, within: float, warm_up: float = 0.0, **worker_env: str
+    env: Env,
+    jobs: Path,
+    workers: int,
+    within: float,
+    warm_up: float = 0.0,
+    during: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+    **worker_env: str,
 ) -> tuple[dict[str, Any], list[str]]:
     """Start ``workers`` workers (and let their group settle for ``warm_up`` seconds),
-    submit, run until every job is terminal, stop them; the records and the workers' last
-    log lines."""
+    submit, run until every job is terminal (``during`` runs meanwhile, given the records
+    so far), stop them; the records and the workers' last log lines."""
     started = [env.start_worker(**worker_env) for _ in range(workers)]
     try:
         await asyncio.sleep(warm_up)
         records, following = env.follow(await env.submit(jobs))
+        if during is not None:
+            await during(records)
         await asyncio.wait_for(following, within)
     finally:
         for worker in started:

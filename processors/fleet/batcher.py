@@ -2,8 +2,9 @@
 
 Every job's cache lookup and reservation is one Redis call. Under load, hundreds of jobs
 make that call within the same event-loop tick; :class:`Batcher` collects the calls of one
-tick and sends them together, so the worker pays one network round trip (and one pair of
-syscalls) for the lot. Each caller still gets its own answer or error.
+tick (or, with a ``linger``, of that many seconds) and sends them together, so the worker
+pays one network round trip (and one pair of syscalls) for the lot. Each caller still gets
+its own answer or error.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ SendMany = Callable[[Sequence[C]], Awaitable[list[Any]]]
 class Batcher(Generic[C]):
     """Batches calls of one kind; ``round_trips`` counts what was actually sent."""
 
-    def __init__(self, send_many: SendMany[C], max_batch: int = 256) -> None:
+    def __init__(self, send_many: SendMany[C], max_batch: int = 256, linger: float = 0.0) -> None:
         self._send_many = send_many
         self._max_batch = max_batch
+        self._linger = linger
         self._pending: list[tuple[C, asyncio.Future[Any]]] = []
         self._flushing = False
         self.round_trips = 0
@@ -33,8 +35,14 @@ class Batcher(Generic[C]):
         self._pending.append((call, future))
         if not self._flushing:
             self._flushing = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._schedule()
         return await future
+
+    def _schedule(self) -> None:
+        if self._linger > 0:
+            asyncio.get_running_loop().call_later(self._linger, self._flush)
+        else:
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
@@ -43,7 +51,7 @@ class Batcher(Generic[C]):
 
     def _after_send(self) -> None:
         if self._pending:
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._schedule()
         else:
             self._flushing = False
 

@@ -52,7 +52,9 @@ for i = 1, n do
   if ARGV[base + 4] == '1' then interval = interval / factor end
   local tat, last = load(KEYS[1 + i])
   tat = tat or now
-  local credit = tonumber(redis.call('HGET', KEYS[1 + i], 'credit') or '0')
+  local learned = redis.call('HMGET', KEYS[1 + i], 'credit', 'burst')
+  local credit = tonumber(learned[1] or '0')
+  if ARGV[base + 4] == '1' and (tonumber(learned[2]) or 0) <= now then tolerance = 0 end
   local earliest = tat
   if credit >= cost then
     earliest = now
@@ -87,24 +89,31 @@ return answer
 
 # KEYS: control key, bucket keys...
 # ARGV: recovery_ms, pause_ms, then per bucket: interval_ms, refund_units, adaptive,
-# remaining (what the provider announced for it; -1: nothing), mark (RESERVE's), cap.
+# remaining (what the provider announced for it; -1: nothing), mark (RESERVE's), cap,
+# shape (how the provider's bucket refills: -2 it does not say, -1 continuously, else in
+# steps, with its reset in ms).
 # The provider's ``remaining`` counted the call and what reached it before; every unit
 # reserved since the call's own reservation (``sent`` - mark) may not have reached it, so
 # the fleet's credit becomes remaining - (sent - mark), at most ``cap`` (the configured
 # limit stays the ceiling); only an answer to a later reservation than the one that set it
-# replaces it, so the announced capacity is spent once across the fleet.
+# replaces it, so the announced capacity is spent once across the fleet. A bucket refilled
+# in steps gets nothing back before its reset: the pacing's sends until then are taken off
+# the credit. ``burst`` (a time) says until when RESERVE may send the configured burst: a
+# minute after an answer that did not say what the provider has left. A provider that says
+# gets no burst: the credit is its burst, exact (a configured one could land on an empty
+# bucket, or on top of the pacing in one step); nor is there one before the first answer.
 SETTLE = (
     PRELUDE
     + """
 local ctl = redis.call('HMGET', KEYS[1], 'f0', 'pts', 'pause')
 local factor = factor_of(ctl, tonumber(ARGV[1]))
 for i = 2, #KEYS do
-  local base = 2 + (i - 2) * 6
+  local base = 2 + (i - 2) * 7
   local tat, last = load(KEYS[i])
   local refund = tonumber(ARGV[base + 2])
+  local interval = tonumber(ARGV[base + 1])
+  if ARGV[base + 3] == '1' then interval = interval / factor end
   if tat and refund ~= 0 then
-    local interval = tonumber(ARGV[base + 1])
-    if ARGV[base + 3] == '1' then interval = interval / factor end
     -- never behind a send already reserved: sends stay in reservation order
     store(KEYS[i], math.max(last, tat - refund * interval), last)
   end
@@ -113,11 +122,19 @@ for i = 2, #KEYS do
     local state = redis.call('HMGET', KEYS[i], 'sent', 'from')
     if mark >= (tonumber(state[2]) or -1) then
       local unseen = math.max(0, (tonumber(state[1]) or 0) - mark)
-      local credit = math.max(0, math.min(tonumber(ARGV[base + 6]), remaining - unseen))
+      local stepped = tonumber(ARGV[base + 7])
+      local credit = remaining - unseen
+      if stepped >= 0 then credit = credit - stepped / interval end
+      credit = math.max(0, math.min(tonumber(ARGV[base + 6]), math.floor(credit)))
       redis.call('HSET', KEYS[i], 'credit', credit, 'from', mark)
-      if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], 120000) end
     end
   end
+  if ARGV[base + 3] == '1' then
+    local burst = 0
+    if tonumber(ARGV[base + 7]) == -2 then burst = now + 60000 end
+    redis.call('HSET', KEYS[i], 'burst', string.format('%.3f', burst))
+  end
+  if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], 120000) end
 end
 local pause = tonumber(ARGV[2])
 if pause > 0 then

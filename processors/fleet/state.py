@@ -16,9 +16,9 @@ in-process at ``local_share`` of the limits; it warns once, and tries Redis agai
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from processors.fleet import scripts
 from processors.fleet.batcher import Batcher, gets
 from processors.fleet.gcra import Charge, LocalBuckets
 from processors.fleet.limits import BucketSpec, LimitTable, rate_limit_key
+from processors.fleet.line import WaitingLine
 from topics.redis import REDIS_ERRORS, LuaScript, RedisClient
 
 log = logging.getLogger(__name__)
@@ -57,22 +58,41 @@ class ProviderFeedback:
     limit_requests: int | None = None  # the per-minute limits the provider announces
     limit_tokens: int | None = None
 
+    def _of(self, counts: str) -> tuple[int | None, float | None, int | None]:
+        if counts == "requests":
+            return self.remaining_requests, self.reset_requests, self.limit_requests
+        return self.remaining_tokens, self.reset_tokens, self.limit_tokens
+
+    def stepped(self, counts: str) -> bool:
+        """Whether the provider's bucket refills in steps (a per-minute limit enforced per
+        second, say): its reset comes far sooner than a bucket refilled continuously at
+        the announced limit could be full again. What it has left then lasts until the
+        reset, not a moment."""
+        remaining, reset, limit = self._of(counts)
+        if remaining is None or reset is None or not limit or remaining >= limit:
+            return False
+        return reset < 0.5 * (limit - remaining - 1) * 60.0 / limit  # 1: rounding
+
     def pause_seconds(self) -> float:
         """How long the fleet should hold off because the provider's bucket is empty: until
-        it is refilled, but no longer than one unit takes to come back at the announced
-        limit (a continuously refilled bucket's reset is the time until it is *full*)."""
+        it is refilled, but, for a bucket refilled continuously, no longer than one unit
+        takes to come back at the announced limit (its reset is the time until *full*)."""
         pause = 0.0
-        for remaining, reset, limit in (
-            (self.remaining_requests, self.reset_requests, self.limit_requests),
-            (self.remaining_tokens, self.reset_tokens, self.limit_tokens),
-        ):
+        for counts in ("requests", "tokens"):
+            remaining, reset, limit = self._of(counts)
             if remaining == 0 and reset:
-                pause = max(pause, min(reset, 60.0 / limit) if limit else reset)
+                continuous = limit and not self.stepped(counts)
+                pause = max(pause, min(reset, 60.0 / limit) if continuous and limit else reset)
         return pause
 
     def remaining(self, counts: str) -> int | None:
         """What remains of the provider's requests or tokens bucket, if it said."""
-        return self.remaining_requests if counts == "requests" else self.remaining_tokens
+        return self._of(counts)[0]
+
+    def stepped_reset_ms(self, counts: str) -> float:
+        """The reset of a bucket refilled in steps, in ms; -1 for any other."""
+        reset = self._of(counts)[1]
+        return reset * 1000.0 if reset is not None and self.stepped(counts) else -1.0
 
 
 @dataclass(frozen=True)
@@ -84,6 +104,17 @@ class FleetConfig:
     debounce_seconds: float = 1.0
     retry_redis_seconds: float = 2.0
     horizon_seconds: float = 2.0
+    settle_linger_seconds: float = 0.25  # how long a rate-limited job's true-up may wait
+
+
+@dataclass(frozen=True)
+class _Settle:
+    """One job's settlement: the answer to cache (if any) and the SETTLE script's call."""
+
+    cache_key: str | None
+    value: bytes | None
+    keys: list[str]
+    args: list[Any]
 
 
 class FleetState:
@@ -98,16 +129,19 @@ class FleetState:
         self._config = config
         self._local = LocalBuckets()
         self._down_since: float | None = None
-        self._lines: dict[tuple[str, str], asyncio.Lock] = {}
+        self._lines: dict[tuple[str, str], WaitingLine[Lookup]] = {}
         self._other_round_trips = 0
         if redis is not None:
             self._gets: Batcher[str] = Batcher(gets(redis))
             self._reserve = Batcher(LuaScript(redis, scripts.RESERVE).run_many)
-            self._settle = LuaScript(redis, scripts.SETTLE)
+            self._settle_script = LuaScript(redis, scripts.SETTLE)
+            self._settle_now = Batcher(self._settle_many)
+            self._settle_later = Batcher(self._settle_many, linger=config.settle_linger_seconds)
             self._penalize = LuaScript(redis, scripts.PENALIZE)
 
     async def lookup(self, cache_key: str | None, model: str, tenant: str, tokens: int) -> Lookup:
-        """The cached answer for ``cache_key``, or a reservation for one model call."""
+        """The cached answer for ``cache_key``, or a reservation for one model call (none
+        while jobs of this worker already wait for the same buckets: it joins their line)."""
         if cache_key is not None and self._use_redis():
             try:
                 hit = await self._gets.call(self._cache(cache_key))
@@ -117,6 +151,8 @@ class FleetState:
                 self._came_back()
                 if hit is not None:
                     return Lookup(hit)
+        if self.waiting_line(model, tenant):
+            return Lookup(None, reserved=False)
         return await self.reserve(model, tenant, tokens)
 
     @property
@@ -124,11 +160,20 @@ class FleetState:
         """Network round trips to Redis so far (a batch of lookups counts once)."""
         if self._redis is None:
             return 0
-        return self._gets.round_trips + self._reserve.round_trips + self._other_round_trips
+        batchers = (self._gets, self._reserve, self._settle_now, self._settle_later)
+        return sum(b.round_trips for b in batchers) + self._other_round_trips
 
-    def waiting_line(self, model: str, tenant: str) -> asyncio.Lock:
-        """This worker's FIFO line for jobs still waiting for a reservation."""
-        return self._lines.setdefault((model, tenant), asyncio.Lock())
+    def waiting_line(self, model: str, tenant: str) -> WaitingLine[Lookup]:
+        """This worker's first-come-first-served line for jobs waiting for a reservation."""
+        line = self._lines.get((model, tenant))
+        if line is None:
+
+            async def reserve(tokens: int) -> Lookup:
+                return await self.reserve(model, tenant, tokens)
+
+            line = WaitingLine(reserve, slack=self._config.horizon_seconds / 2)
+            self._lines[(model, tenant)] = line
+        return line
 
     async def reserve(self, model: str, tenant: str, tokens: int) -> Lookup:
         """A reservation for one model call in every bucket it must pass, or when to ask
@@ -162,17 +207,19 @@ class FleetState:
         refund_tokens: int,
         feedback: ProviderFeedback | None,
         marks: tuple[int, ...] = (),
+        *,
+        linger: bool = False,
     ) -> None:
         """Store the answer, true up the token reservation and learn the provider's
-        announced capacity (one pipelined round trip)."""
+        announced capacity: one pipelined round trip, shared with the other jobs settling
+        in the same tick or, with ``linger`` (a job the limits held: no hurry), within
+        ``settle_linger_seconds``."""
         every = self._limits.buckets(self._prefix, model, tenant)
         learned = [
             feedback.remaining(counts) if feedback and spec.adaptive and marks else None
             for spec, counts in every
         ]
-        keep = [
-            i for i, (_, counts) in enumerate(every) if counts == "tokens" or learned[i] is not None
-        ]
+        keep = [i for i, (spec, counts) in enumerate(every) if counts == "tokens" or spec.adaptive]
         buckets = [every[i] for i in keep]
         pause = feedback.pause_seconds() if feedback else 0.0
         store = cache_key is not None and value is not None
@@ -193,22 +240,45 @@ class FleetState:
             mark = marks[i] if remaining is not None and i < len(marks) else -1
             args += [spec.interval_ms, refund, int(spec.adaptive)]
             args += [-1 if remaining is None else remaining, mark, spec.limit]
+            args.append(_shape(feedback, counts))
+        item = _Settle(cache_key if store else None, value, keys if buckets or pause else [], args)
+        batcher = self._settle_later if linger else self._settle_now
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                if store:
-                    pipe.set(
-                        self._cache(cache_key), value or b"", ex=self._config.cache_ttl_seconds
-                    )
-                if buckets or pause:
-                    pipe.execute_command("EVALSHA", self._settle.sha, len(keys), *keys, *args)
-                self._other_round_trips += 1
-                results = await pipe.execute(raise_on_error=False)
-            if any(isinstance(r, NoScriptError) for r in results):
-                await self._settle(keys, args)  # loads it; it had not run
-            elif errors := [r for r in results if isinstance(r, BaseException)]:
-                raise errors[0]
+            await batcher.call(item)
         except REDIS_ERRORS as exc:
             self._went_down(exc)
+
+    async def _settle_many(self, items: Sequence[_Settle]) -> list[Any]:
+        """Every settlement of ``items`` in one pipeline (plus one more round trip for the
+        scripts a server had not loaded yet)."""
+        assert self._redis is not None
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for item in items:
+                if item.cache_key is not None:
+                    pipe.set(
+                        self._cache(item.cache_key),
+                        item.value or b"",
+                        ex=self._config.cache_ttl_seconds,
+                    )
+                if item.keys:
+                    pipe.execute_command(
+                        "EVALSHA", self._settle_script.sha, len(item.keys), *item.keys, *item.args
+                    )
+            results = list(await pipe.execute(raise_on_error=False))
+        answers: list[Any] = []
+        for item in items:
+            mine = results[: int(item.cache_key is not None) + int(bool(item.keys))]
+            results = results[len(mine) :]
+            if any(isinstance(r, NoScriptError) for r in mine):
+                try:
+                    await self._settle_script(item.keys, item.args)  # loads it; it had not run
+                except REDIS_ERRORS as exc:
+                    mine = [exc]
+                else:
+                    mine = []
+            errors = [r for r in mine if isinstance(r, BaseException)]
+            answers.append(errors[0] if errors else None)
+        return answers
 
     async def penalize(self, model: str, retry_after: float | None) -> None:
         """The provider answered 429: slow the whole fleet and pause it for Retry-After."""
@@ -288,6 +358,14 @@ class FleetState:
         if self._down_since is not None:
             log.info("Redis answers again: shared cache and rate limits are back")
             self._down_since = None
+
+
+def _shape(feedback: ProviderFeedback | None, counts: str) -> float:
+    """How the provider's bucket refills, for SETTLE: -2 it does not say (no headers), -1
+    continuously, else in steps, with its reset in ms."""
+    if feedback is None or feedback.remaining(counts) is None:
+        return -2.0
+    return feedback.stepped_reset_ms(counts)
 
 
 def _now_ms() -> float:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
+import time
 
 from processors.fleet.state import FleetState, Lookup
 from schemas import ChatMessage
-
-JITTER = 0.25  # of the come-back time, so that a crowd told to come back does not return in step
 
 
 def estimate_tokens(messages: list[ChatMessage]) -> int:
@@ -31,27 +29,21 @@ class Ticket:
         self._first: Lookup | None = first
         self.waited = 0.0  # seconds spent waiting for the limits
         self.marks: tuple[int, ...] = ()  # of the reservation the last attempt went on
-        self._rng = random.Random()
 
     async def admit(self, attempt: int) -> None:
         """Sleep until this attempt may be sent.
 
-        Without a reservation yet, the job joins this worker's waiting line for its buckets:
-        only the head of the line asks Redis again (when told to), the others wait their
-        turn in order, so a saturated worker does not poll the limiter once per job.
+        Without a reservation yet (a retry, or the limits booked past the horizon), the job
+        joins this worker's waiting line for its buckets (:mod:`processors.fleet.line`),
+        which asks Redis for the jobs in it together, not once per job.
         """
         lookup, self._first = self._first, None
         if lookup is None or not lookup.reserved:
-            async with self._fleet.waiting_line(self._model, self._tenant):
-                lookup = lookup or await self._reserve()
-                while not lookup.reserved:
-                    await self._sleep(lookup.wait * (1 + self._rng.uniform(0, JITTER)))
-                    lookup = await self._reserve()
+            started = time.monotonic()
+            lookup = await self._fleet.waiting_line(self._model, self._tenant).join(self.tokens)
+            self.waited += time.monotonic() - started
         self.marks = lookup.marks
         await self._sleep(lookup.wait)
-
-    async def _reserve(self) -> Lookup:
-        return await self._fleet.reserve(self._model, self._tenant, self.tokens)
 
     async def _sleep(self, seconds: float) -> None:
         if seconds > 0:

@@ -194,3 +194,25 @@ def test_every_duration_form_openai_sends(text: str, seconds: float) -> None:
 @pytest.mark.parametrize("text", ["", "soon", "1x", "ms", "-1s", "1.s", "1s garbage", None])
 def test_a_duration_that_is_not_one_is_none(text: str | None) -> None:
     assert parse_duration(text) is None
+
+
+@pytest.mark.parametrize(
+    ("remaining", "reset", "stepped", "pause"),
+    [
+        # OpenAI's bucket, refilled continuously at 1,200 a minute: empty means a minute to
+        # full, but one request is back in 50 ms
+        (0, 60.0, False, 0.05),
+        (600, 30.0, False, 0.0),
+        (1200, 0.0, False, 0.0),
+        # 1,200 a minute enforced as 20 a second: full again at the next second, whatever is left
+        (0, 0.4, True, 0.4),
+        (15, 0.9, True, 0.0),
+    ],
+)
+def test_a_bucket_refilled_in_steps_is_told_from_one_refilled_continuously(
+    remaining: int, reset: float, stepped: bool, pause: float
+) -> None:
+    feedback = ProviderFeedback(remaining, reset, limit_requests=1200)
+    assert feedback.stepped("requests") is stepped
+    assert feedback.pause_seconds() == pytest.approx(pause)
+    assert (feedback.stepped_reset_ms("requests") >= 0) is stepped
