@@ -31,7 +31,15 @@ async def fresh_env(endpoints: Endpoints, workdir: Path, **sim: Any) -> Env:
     env = Env(endpoints, f"b{uuid.uuid4().hex[:8]}", workdir)
     await env.setup_topics()
     await sim_call(endpoints.sim_url, "POST", "/sim/reset")
-    config = {"latency_ms": 0, "jitter_ms": 0, "rpm_limit": 0, "tpm_limit": 0, "storm": False}
+    config = {
+        "latency_ms": 0,
+        "jitter_ms": 0,
+        "rpm_limit": 0,
+        "tpm_limit": 0,
+        "storm": False,
+        "bucket_start": "full",
+        "quantum_seconds": 0.0,
+    }
     await sim_call(endpoints.sim_url, "POST", "/sim/config", config | sim)
     return env
 

@@ -247,6 +247,7 @@ class PromptProcessor:
             refund_tokens=self._refund(call, reply),
             feedback=reply.feedback,
             marks=ticket.marks,
+            sent_at=ticket.send_at,
             linger=ticket.waited > 0,
         )
         return reply, False

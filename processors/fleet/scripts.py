@@ -34,7 +34,8 @@ end
 # A bucket's ``credit`` is capacity the provider announced and the fleet has not spent yet
 # (see SETTLE): a request it covers goes now and spends it; the bucket's pacing is only
 # held so that no burst builds up meanwhile (the credit already is the provider's count).
-# ``sent`` counts every unit reserved; the mark returned is its value after this one.
+# ``sent`` counts every unit reserved; the mark returned is its value after this one (less,
+# for a credited send, the paced units booked to go after it).
 RESERVE = (
     PRELUDE
     + """
@@ -77,18 +78,26 @@ for i = 1, n do
     -- no burst builds up while credit is spent: once it is gone, pacing resumes one
     -- interval after the last credited send, never with a burst the provider cannot take
     store(key, math.max(tats[i], send + tolerances[i]), send)
-    redis.call('HSET', key, 'credit', credits[i] - costs[i])
+    redis.call('HSET', key, 'credit', credits[i] - costs[i],
+               'credited', string.format('%.3f', send))
   else
     store(key, math.max(tats[i], send) + costs[i] * intervals[i], send)
   end
-  answer[3 + i] = tostring(redis.call('HINCRBY', key, 'sent', costs[i]))
+  local mark = redis.call('HINCRBY', key, 'sent', costs[i])
+  if credits[i] >= costs[i] then
+    -- a credited send goes ahead of the paced sends already booked: the provider will not
+    -- have counted those when it answers this one, so its mark is as if booked after them
+    mark = mark - math.floor(math.max(0, tats[i] - send) / intervals[i])
+  end
+  answer[3 + i] = tostring(mark)
 end
 return answer
 """
 )
 
 # KEYS: control key, bucket keys...
-# ARGV: recovery_ms, pause_ms, then per bucket: interval_ms, refund_units, adaptive,
+# ARGV: recovery_ms, pause_ms, send_ms (when the answered call was booked to go; -1: not
+# known), then per bucket: interval_ms, refund_units, adaptive,
 # remaining (what the provider announced for it; -1: nothing), mark (RESERVE's), cap,
 # shape (how the provider's bucket refills: -2 it does not say, -1 continuously, else in
 # steps, with its reset in ms).
@@ -96,19 +105,25 @@ return answer
 # reserved since the call's own reservation (``sent`` - mark) may not have reached it, so
 # the fleet's credit becomes remaining - (sent - mark), at most ``cap`` (the configured
 # limit stays the ceiling); only an answer to a later reservation than the one that set it
-# replaces it, so the announced capacity is spent once across the fleet. A bucket refilled
-# in steps gets nothing back before its reset: the pacing's sends until then are taken off
-# the credit. ``burst`` (a time) says until when RESERVE may send the configured burst: a
-# minute after an answer that did not say what the provider has left. A provider that says
-# gets no burst: the credit is its burst, exact (a configured one could land on an empty
-# bucket, or on top of the pacing in one step); nor is there one before the first answer.
+# replaces it, so the announced capacity is spent once across the fleet. Calls sent
+# together reach the provider in any order, so an answer to a call booked to go less than
+# SETTLED_MS after a credited send sets nothing (its ``remaining`` may not have counted
+# calls booked before it). A bucket refilled in steps gets nothing back before its reset:
+# the pacing's sends until then are taken off the credit. ``burst`` (a time) says until
+# when RESERVE may send the configured burst: a minute after an answer that did not say
+# what the provider has left. A provider that says gets no burst: the credit is its burst,
+# exact (a configured one could land on an empty bucket, or on top of the pacing in one
+# step); nor is there one before the first answer.
+SETTLED_MS = 500
 SETTLE = (
     PRELUDE
+    + f"local SETTLED_MS = {SETTLED_MS}\n"
     + """
 local ctl = redis.call('HMGET', KEYS[1], 'f0', 'pts', 'pause')
 local factor = factor_of(ctl, tonumber(ARGV[1]))
+local send_ms = tonumber(ARGV[3])
 for i = 2, #KEYS do
-  local base = 2 + (i - 2) * 7
+  local base = 3 + (i - 2) * 7
   local tat, last = load(KEYS[i])
   local refund = tonumber(ARGV[base + 2])
   local interval = tonumber(ARGV[base + 1])
@@ -119,8 +134,9 @@ for i = 2, #KEYS do
   end
   local remaining, mark = tonumber(ARGV[base + 4]), tonumber(ARGV[base + 5])
   if remaining >= 0 and mark >= 0 then
-    local state = redis.call('HMGET', KEYS[i], 'sent', 'from')
-    if mark >= (tonumber(state[2]) or -1) then
+    local state = redis.call('HMGET', KEYS[i], 'sent', 'from', 'credited')
+    local settled = send_ms >= (tonumber(state[3]) or 0) + SETTLED_MS
+    if mark >= (tonumber(state[2]) or -1) and settled then
       local unseen = math.max(0, (tonumber(state[1]) or 0) - mark)
       local stepped = tonumber(ARGV[base + 7])
       local credit = remaining - unseen

@@ -208,6 +208,7 @@ class FleetState:
         feedback: ProviderFeedback | None,
         marks: tuple[int, ...] = (),
         *,
+        sent_at: float | None = None,
         linger: bool = False,
     ) -> None:
         """Store the answer, true up the token reservation and learn the provider's
@@ -233,7 +234,11 @@ class FleetState:
                     )
             return
         keys = [self._control(model)] + [s.key for s, _ in buckets]
-        args: list[Any] = [self._recovery_ms, pause * 1000.0]
+        args: list[Any] = [
+            self._recovery_ms,
+            pause * 1000.0,
+            -1 if sent_at is None else sent_at * 1000,
+        ]
         for i, (spec, counts) in zip(keep, buckets, strict=True):
             remaining = learned[i]
             refund = refund_tokens if counts == "tokens" else 0

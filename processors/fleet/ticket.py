@@ -29,6 +29,7 @@ class Ticket:
         self._first: Lookup | None = first
         self.waited = 0.0  # seconds spent waiting for the limits
         self.marks: tuple[int, ...] = ()  # of the reservation the last attempt went on
+        self.send_at: float | None = None  # when it was booked to go (epoch seconds)
 
     async def admit(self, attempt: int) -> None:
         """Sleep until this attempt may be sent.
@@ -42,7 +43,7 @@ class Ticket:
             started = time.monotonic()
             lookup = await self._fleet.waiting_line(self._model, self._tenant).join(self.tokens)
             self.waited += time.monotonic() - started
-        self.marks = lookup.marks
+        self.marks, self.send_at = lookup.marks, lookup.send_at
         await self._sleep(lookup.wait)
 
     async def _sleep(self, seconds: float) -> None:

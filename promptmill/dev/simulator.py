@@ -175,6 +175,7 @@ class Simulator:
         admission = self.limiter.admit(prompt_tokens + req.max_tokens)
         if not admission.admitted:
             self.stats.rate_limited += 1
+            logger.debug("429 (%s): %s", admission.limited_by, admission.headers)
             message, kind = admission.message(req.model), admission.limited_by
             code = "rate_limit_exceeded"
             return error_response(429, message, type_=kind, code=code, headers=admission.headers)

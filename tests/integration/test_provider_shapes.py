@@ -15,10 +15,10 @@ from promptmill.dev.harness import Env, sim_call, until, write_jsonl
 from schemas import Completion
 
 pytestmark = [pytest.mark.timeout(240)]
-SHAPES: dict[str, tuple[dict[str, Any], int, int]] = {  # (shape, RPM, jobs): ~16-20 s each
+SHAPES: dict[str, tuple[dict[str, Any], int, int]] = {  # (shape, RPM, jobs): 16-30 s each
     "full": ({"bucket_start": "full"}, 1200, 1600),
     "empty": ({"bucket_start": "empty"}, 3000, 800),
-    "per-second": ({"quantum_seconds": 1.0}, 3000, 800),
+    "per-second": ({"quantum_seconds": 1.0}, 1200, 600),  # 20 per second
 }
 
 
