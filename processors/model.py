@@ -166,7 +166,7 @@ class ModelClient:
                 wait = retry_after_seconds(exc.response.headers) if retriable else None
                 error = f"HTTP {exc.status_code}: {_error_message(exc)}"
             except openai.APITimeoutError as exc:
-                code, retriable, wait = _timeout_or_unreachable(exc), True, None
+                code, retriable, wait = timeout_or_unreachable(exc), True, None
                 error = "timed out" if code is ErrorCode.MODEL_TIMEOUT else f"cannot connect: {exc}"
             except (
                 openai.APIConnectionError,
@@ -268,7 +268,7 @@ def _reply(
     )
 
 
-def _timeout_or_unreachable(exc: BaseException) -> ErrorCode:
+def timeout_or_unreachable(exc: BaseException) -> ErrorCode:
     """The aiohttp transport reports a refused connection as a connect *timeout*; tell
     them apart by the cause chain, so an unreachable endpoint is a ``model_error``."""
     cause: BaseException | None = exc

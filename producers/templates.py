@@ -17,16 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 from jinja2 import TemplateError
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import ValidationError
 
-from schemas import LabelRecord, PromptmillError, Template, encode
+from schemas import LabelRecord, Template, encode
 from schemas.audit import Actor, AuditAction, AuditEvent
 from schemas.templates import TemplateBody
+from schemas.yaml_files import YamlFileError, line_of, load_yaml, validate_yaml
 from topics import KafkaConnection, TopicCatalog, TopicKind
 from topics.catalog import TransactionalId
 from topics.templates import TemplateRegistry, TemplateStore
@@ -35,8 +34,7 @@ log = logging.getLogger(__name__)
 PUSH_ATTEMPTS = 8
 
 
-class TemplateFileError(PromptmillError):
-    """A template file that cannot be loaded; the message names file, line and field."""
+TemplateFileError = YamlFileError  # a template file that cannot be loaded
 
 
 @dataclass(frozen=True)
@@ -64,56 +62,18 @@ def load_template_dir(directory: Path) -> list[TemplateFile]:
 
 
 def load_template_file(path: Path) -> TemplateFile:
-    text = path.read_text(encoding="utf-8")
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise TemplateFileError(
-            f"{path}{line}: invalid YAML: {getattr(exc, 'problem', exc)}"
-        ) from None
-    if not isinstance(data, dict):
-        raise TemplateFileError(f"{path}:1: a template file must be a YAML mapping")
-    try:
-        body = TemplateBody.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = list(err["loc"])
-        field = ".".join(str(p) for p in loc)
-        raise TemplateFileError(
-            f"{path}:{_line_of(node, loc)}: field {field}: {err['msg']}"
-        ) from None
+    node, data = load_yaml(path, "a template file")
+    body = validate_yaml(path, node, data, TemplateBody)
     syntax = SandboxedEnvironment()
     for index, message in enumerate(body.messages):
         try:
             syntax.parse(message.content)
         except TemplateError as exc:
-            where = _line_of(node, ["messages", index, "content"])
+            where = line_of(node, ["messages", index, "content"])
             raise TemplateFileError(
                 f"{path}:{where}: field messages.{index}.content: Jinja syntax error: {exc}"
             ) from None
     return TemplateFile(path, body)
-
-
-def _line_of(node: Any, loc: list[Any]) -> int:
-    """The 1-based line of the YAML node at ``loc`` (or of its nearest existing parent)."""
-    line = node.start_mark.line + 1 if node is not None else 1
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = [v for k, v in node.value if k.value == part]
-            if not match:
-                return line
-            node = match[0]
-        elif (
-            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
-        ):
-            node = node.value[part]
-        else:
-            return line
-        line = node.start_mark.line + 1
-    return line
 
 
 async def push_templates(

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from promptmill.commands import admin, batch, dev, lag, report, serve, worker
+from promptmill.commands import admin, batch, dev, lag, models, report, serve, worker
 from promptmill.dev.processes import StackError
 from promptmill.dev.stack import BROKER_COUNTS
 from promptmill.settings import load_settings
@@ -127,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-usd", type=float, help="USD per period")
     p.add_argument("--budget-period", choices=["day", "month"], default="month")
     command("show", serve.tenants_show, "tenants' quotas and budget use", tsub2)
+
+    mp = sub.add_parser("models", help="the model catalog (PROMPTMILL_MODEL_CATALOG)")
+    msub = mp.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    command("list", models.models_list, "model groups and their deployments", msub)
+    p = command("show", models.models_show, "one model group in full", msub)
+    p.add_argument("group")
+    p = command("check", models.models_check, "one tiny request to each deployment", msub)
+    p.add_argument("group", nargs="?", help="only this group's deployments")
 
     p = command("audit", serve.audit, "the audit trail: who did what, when")
     p.add_argument("--since", help="ISO time or a duration back (90m, 2h, 7d)")

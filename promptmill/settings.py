@@ -73,6 +73,11 @@ class Settings(BaseSettings):
         default=None, validation_alias=_alias("OPENAI_API_KEY")
     )
     default_model: str | None = None
+    model_catalog: Path | None = Field(
+        default=None,
+        description="YAML model catalog (model groups and their deployments); unset = one "
+        "deployment, OPENAI_BASE_URL",
+    )
     model_backend: Literal["auto", "sim", "real"] = Field(
         default="auto",
         description="which local-stack model to use when OPENAI_BASE_URL is unset",

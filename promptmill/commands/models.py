@@ -1,0 +1,155 @@
+"""``promptmill models list|show|check``: the model catalog (``PROMPTMILL_MODEL_CATALOG``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+
+import openai
+import orjson
+from openai.types.chat import ChatCompletionMessageParam
+
+from processors.model import timeout_or_unreachable
+from promptmill import app
+from promptmill.settings import Settings
+from schemas import ErrorCode, PromptmillError
+from schemas.catalog import Catalog, Deployment, load_catalog, single_endpoint
+
+PROBE: list[ChatCompletionMessageParam] = [{"role": "user", "content": "ping"}]
+
+
+def catalog_of(settings: Settings) -> Catalog:
+    """The configured catalog, else the one deployment of ``OPENAI_BASE_URL`` (or the
+    local stack's model)."""
+    if settings.model_catalog is not None:
+        return load_catalog(settings.model_catalog)
+    endpoint = app.model_endpoint(settings)
+    key_env = "OPENAI_API_KEY" if "OPENAI_API_KEY" in os.environ else None
+    return single_endpoint(endpoint.base_url, endpoint.default_model, key_env)
+
+
+def models_list(settings: Settings, args: argparse.Namespace) -> None:
+    catalog = catalog_of(settings)
+    print(
+        f"{'group':<20} {'deployment':<16} {'kind':<10} {'provider model':<24} {'rpm':>7} "
+        f"{'tpm':>9} {'$/1M in':>8} {'$/1M out':>8} {'context':>8} {'weight':>6}  base URL"
+    )
+    for group, entry in sorted(catalog.groups.items()):
+        for d in entry.deployments:
+            print(
+                f"{group[:20]:<20} {d.name[:16]:<16} {d.kind:<10} "
+                f"{catalog.provider_model(group, d)[:24]:<24} {d.rpm or '-':>7} "
+                f"{d.tpm or '-':>9} {d.price_input_per_1m:>8g} {d.price_output_per_1m:>8g} "
+                f"{d.context_window or '-':>8} {d.weight:>6g}  {d.base_url}"
+            )
+
+
+def models_show(settings: Settings, args: argparse.Namespace) -> None:
+    catalog = catalog_of(settings)
+    group = catalog.groups.get(args.group)
+    if group is None:
+        raise PromptmillError(
+            f"no model group {args.group!r} (groups: {', '.join(sorted(catalog.groups))})"
+        )
+    shown = group.model_dump(mode="json")
+    for d, out in zip(group.deployments, shown["deployments"], strict=True):
+        out["key"] = d.key_source()  # where the key is read, never the key
+    print(orjson.dumps({args.group: shown}, option=orjson.OPT_INDENT_2).decode())
+
+
+@dataclass(frozen=True)
+class Probe:
+    group: str
+    deployment: str
+    ok: bool
+    seconds: float
+    detail: str
+
+
+async def models_check(settings: Settings, args: argparse.Namespace) -> None:
+    """One tiny request (``max_tokens`` 1) to every deployment: latency, the rate-limit
+    headers it sent, or its error; exits non-zero when one fails."""
+    catalog = catalog_of(settings)
+    groups = [args.group] if args.group else sorted(catalog.groups)
+    missing = [g for g in groups if g not in catalog.groups]
+    if missing:
+        raise PromptmillError(f"no model group {missing[0]!r}")
+    probes = await asyncio.gather(
+        *(
+            probe(catalog, group, deployment)
+            for group in groups
+            for deployment in catalog.groups[group].deployments
+        )
+    )
+    for p in probes:
+        print(
+            f"{p.group[:20]:<20} {p.deployment[:16]:<16} {'ok' if p.ok else 'FAILED':<6} "
+            f"{p.seconds * 1000:>7.0f} ms  {p.detail}"
+        )
+    failed = [p for p in probes if not p.ok]
+    if failed:
+        raise PromptmillError(f"{len(failed)} of {len(probes)} deployment(s) failed the check")
+
+
+def client_for(deployment: Deployment) -> openai.AsyncOpenAI:
+    """The SDK's client for a deployment: its Azure client for ``kind: azure``."""
+    key, timeout = deployment.api_key(), deployment.timeout_seconds
+    headers = deployment.headers or None
+    http = openai.DefaultAioHttpClient(timeout=timeout)
+    if deployment.kind == "azure":
+        return openai.AsyncAzureOpenAI(
+            azure_endpoint=deployment.base_url,
+            azure_deployment=deployment.azure_deployment,
+            api_version=deployment.api_version,
+            api_key=key,
+            timeout=timeout,
+            max_retries=0,
+            default_headers=headers,
+            http_client=http,
+        )
+    return openai.AsyncOpenAI(
+        base_url=deployment.base_url,
+        api_key=key,
+        timeout=timeout,
+        max_retries=0,
+        default_headers=headers,
+        http_client=http,
+    )
+
+
+async def probe(catalog: Catalog, group: str, deployment: Deployment) -> Probe:
+    started = time.monotonic()
+    try:
+        client = client_for(deployment)
+    except PromptmillError as exc:
+        return Probe(group, deployment.name, False, 0.0, str(exc))
+    try:
+        raw = await client.chat.completions.with_raw_response.create(
+            model=catalog.provider_model(group, deployment), messages=PROBE, max_tokens=1
+        )
+        headers = {k: v for k, v in raw.headers.items() if k.lower().startswith("x-ratelimit")}
+        seen = " ".join(f"{k.removeprefix('x-ratelimit-')}={v}" for k, v in sorted(headers.items()))
+        return Probe(
+            group,
+            deployment.name,
+            True,
+            time.monotonic() - started,
+            f"HTTP {raw.http_response.status_code}; {seen or 'no x-ratelimit headers'}",
+        )
+    except openai.APIStatusError as exc:
+        detail = f"HTTP {exc.status_code}: {str(exc.message)[:200]}"
+    except openai.APITimeoutError as exc:
+        unreachable = timeout_or_unreachable(exc) is ErrorCode.MODEL_ERROR
+        detail = (
+            "cannot connect (Connection refused or unreachable)"
+            if unreachable
+            else f"timed out after {deployment.timeout_seconds:g} s"
+        )
+    except openai.APIError as exc:
+        detail = f"{type(exc).__name__}: {str(exc)[:200]}"
+    finally:
+        await client.close()
+    return Probe(group, deployment.name, False, time.monotonic() - started, detail)

@@ -1,0 +1,75 @@
+"""``promptmill models list|show|check`` against the simulator (real HTTP through the SDK)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import orjson
+
+from promptmill.dev.harness import Env
+
+
+def _dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_check_probes_every_deployment_and_fails_on_a_dead_one(env: Env, tmp_path: Path) -> None:
+    catalog = tmp_path / "models.yaml"
+    catalog.write_text(
+        f"""\
+groups:
+  promptmill-sim:
+    deployments:
+      - name: sim
+        base_url: {env.endpoints.sim_url}
+        api_key_env: SIM_KEY
+        rpm: 600
+        headers: {{x-team: research}}
+      - name: gone
+        base_url: http://127.0.0.1:{_dead_port()}/v1
+        timeout_seconds: 5
+"""
+    )
+    env.extra |= {"PROMPTMILL_MODEL_CATALOG": str(catalog), "SIM_KEY": "secret-sim-key"}
+
+    listed = env.cli("models", "list").stdout
+    assert "promptmill-sim" in listed and " sim " in listed and " gone " in listed
+
+    shown = orjson.loads(env.cli("models", "show", "promptmill-sim").stdout)
+    deployments = shown["promptmill-sim"]["deployments"]
+    assert deployments[0]["key"] == "env SIM_KEY" and deployments[0]["rpm"] == 600
+    assert "secret-sim-key" not in str(shown)
+
+    checked = env.cli("models", "check", check=False)
+    assert checked.returncode != 0
+    rows = {line.split()[1]: line for line in checked.stdout.splitlines()}
+    assert " ok " in rows["sim"] and "HTTP 200" in rows["sim"], checked.stdout
+    assert " FAILED " in rows["gone"] and "Connection" in rows["gone"], checked.stdout
+    assert "1 of 2 deployment(s) failed the check" in checked.stderr
+
+    missing = env.cli("models", "show", "nope", check=False)
+    assert missing.returncode != 0 and "no model group 'nope'" in missing.stderr
+
+
+def test_without_a_catalog_the_endpoint_is_the_one_deployment(env: Env) -> None:
+    listed = env.cli("models", "list").stdout
+    assert env.endpoints.sim_url in listed
+    assert env.cli("models", "check").returncode == 0
+
+
+def test_a_catalog_with_a_key_inline_is_refused(env: Env, tmp_path: Path) -> None:
+    catalog = tmp_path / "models.yaml"
+    catalog.write_text(
+        "groups:\n  m:\n    deployments:\n      - name: a\n"
+        "        base_url: http://x/v1\n        api_key: sk-inline\n"
+    )
+    env.extra["PROMPTMILL_MODEL_CATALOG"] = str(catalog)
+    refused = env.cli("models", "list", check=False)
+    assert refused.returncode != 0
+    assert f"{catalog}:4: field groups.m.deployments.0: an API key may not be written" in (
+        refused.stderr
+    )
+    assert "sk-inline" not in refused.stderr
