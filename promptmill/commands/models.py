@@ -7,6 +7,7 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import openai
 import orjson
@@ -96,28 +97,21 @@ async def models_check(settings: Settings, args: argparse.Namespace) -> None:
 
 def client_for(deployment: Deployment) -> openai.AsyncOpenAI:
     """The SDK's client for a deployment: its Azure client for ``kind: azure``."""
-    key, timeout = deployment.api_key(), deployment.timeout_seconds
-    headers = deployment.headers or None
-    http = openai.DefaultAioHttpClient(timeout=timeout)
+    common: dict[str, Any] = {
+        "api_key": deployment.api_key(),
+        "timeout": deployment.timeout_seconds,
+        "max_retries": 0,
+        "default_headers": deployment.headers or None,
+        "http_client": openai.DefaultAioHttpClient(timeout=deployment.timeout_seconds),
+    }
     if deployment.kind == "azure":
         return openai.AsyncAzureOpenAI(
             azure_endpoint=deployment.base_url,
             azure_deployment=deployment.azure_deployment,
             api_version=deployment.api_version,
-            api_key=key,
-            timeout=timeout,
-            max_retries=0,
-            default_headers=headers,
-            http_client=http,
+            **common,
         )
-    return openai.AsyncOpenAI(
-        base_url=deployment.base_url,
-        api_key=key,
-        timeout=timeout,
-        max_retries=0,
-        default_headers=headers,
-        http_client=http,
-    )
+    return openai.AsyncOpenAI(base_url=deployment.base_url, **common)
 
 
 async def probe(catalog: Catalog, group: str, deployment: Deployment) -> Probe:
