@@ -98,6 +98,7 @@ class SimStats:
     errors: int = 0
     timeouts: int = 0
     malformed: int = 0
+    azure: int = 0  # chat completions that came by the Azure-shaped path
 
 
 def error_response(
@@ -133,6 +134,18 @@ class Simulator:
     async def completions(self, request: web.Request) -> web.Response:
         """``POST /v1/completions``."""
         return await self._complete(request, chat=False)
+
+    async def azure_chat_completions(self, request: web.Request) -> web.Response:
+        """``POST /openai/deployments/{deployment}/chat/completions?api-version=V``: Azure
+        OpenAI's shape, as the SDK's Azure client calls it (key in an ``api-key`` header)."""
+        if not request.query.get("api-version"):
+            message = "Missing required query parameter: api-version (simulated Azure)."
+            return error_response(400, message, param="api-version")
+        if not request.headers.get("api-key"):
+            message = "Access denied due to missing subscription key (simulated Azure)."
+            return error_response(401, message, type_="invalid_request_error", code="401")
+        self.stats.azure += 1
+        return await self._complete(request, chat=True)
 
     def _refused(self) -> web.Response | None:
         """The answer to every request while the credentials are "revoked"."""
@@ -292,6 +305,9 @@ def build_app(config: SimConfig) -> web.Application:
     app.on_response_prepare.append(_add_request_id)
     app.router.add_post("/v1/chat/completions", sim.chat_completions)
     app.router.add_post("/v1/completions", sim.completions)
+    app.router.add_post(
+        "/openai/deployments/{deployment}/chat/completions", sim.azure_chat_completions
+    )
     app.router.add_post("/v1/moderations", sim.moderations)
     app.router.add_get("/v1/models", sim.models)
     app.router.add_get("/sim/stats", sim.get_stats)

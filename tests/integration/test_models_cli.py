@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orjson
 
-from promptmill.dev.harness import Env
+from promptmill.dev.harness import Env, sim_call
 
 
 def _dead_port() -> int:
@@ -16,7 +16,9 @@ def _dead_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_check_probes_every_deployment_and_fails_on_a_dead_one(env: Env, tmp_path: Path) -> None:
+async def test_check_probes_every_deployment_and_fails_on_a_dead_one(
+    env: Env, tmp_path: Path
+) -> None:
     catalog = tmp_path / "models.yaml"
     catalog.write_text(
         f"""\
@@ -31,6 +33,12 @@ groups:
       - name: gone
         base_url: http://127.0.0.1:{_dead_port()}/v1
         timeout_seconds: 5
+      - name: azure
+        kind: azure
+        base_url: {env.endpoints.sim_url.removesuffix("/v1")}
+        azure_deployment: sim-eu
+        api_version: "2024-10-21"
+        api_key_env: SIM_KEY
 """
     )
     env.extra |= {"PROMPTMILL_MODEL_CATALOG": str(catalog), "SIM_KEY": "secret-sim-key"}
@@ -48,7 +56,10 @@ groups:
     rows = {line.split()[1]: line for line in checked.stdout.splitlines()}
     assert " ok " in rows["sim"] and "HTTP 200" in rows["sim"], checked.stdout
     assert " FAILED " in rows["gone"] and "Connection" in rows["gone"], checked.stdout
-    assert "1 of 2 deployment(s) failed the check" in checked.stderr
+    # through the SDK's Azure client: /openai/deployments/sim-eu/chat/completions, api-key
+    assert " ok " in rows["azure"] and "HTTP 200" in rows["azure"], checked.stdout
+    assert (await sim_call(env.endpoints.sim_url, "GET", "/sim/stats"))["azure"] == 1
+    assert "1 of 3 deployment(s) failed the check" in checked.stderr
 
     missing = env.cli("models", "show", "nope", check=False)
     assert missing.returncode != 0 and "no model group 'nope'" in missing.stderr

@@ -202,6 +202,7 @@ async def test_stats_and_reset(sim: Sim) -> None:
         "errors": 0,
         "timeouts": 0,
         "malformed": 0,
+        "azure": 0,
     }
     await sim.admin("reset")
     assert (await sim.admin("stats"))["requests"] == 0
@@ -240,6 +241,27 @@ async def test_bad_requests_are_openai_errors(sim: Sim) -> None:
     with pytest.raises(openai.BadRequestError) as streaming:
         await sim.chat("hi", stream=True)
     assert streaming.value.param == "stream"
+
+
+async def test_the_azure_shaped_path_through_the_sdks_azure_client(sim: Sim) -> None:
+    async with openai.AsyncAzureOpenAI(
+        azure_endpoint=sim.url,
+        azure_deployment="eu-chat",
+        api_version="2024-10-21",
+        api_key="azure-key",
+        max_retries=0,
+        http_client=openai.DefaultAioHttpClient(),
+    ) as azure:
+        messages: Any = [{"role": "user", "content": "hello"}]
+        reply = await azure.chat.completions.create(model="eu-chat", messages=messages)
+    assert reply.choices[0].message.content
+    assert (await sim.admin("stats"))["azure"] == 1
+    url = f"{sim.url}/openai/deployments/eu-chat/chat/completions"
+    body = {"model": "eu-chat", "messages": messages}
+    async with sim.http.post(url, json=body, headers={"api-key": "k"}) as resp:
+        assert resp.status == 400  # Azure wants its api-version
+    async with sim.http.post(url, params={"api-version": "2024-10-21"}, json=body) as resp:
+        assert resp.status == 401  # and its key
 
 
 def test_format_duration_matches_openai() -> None:
