@@ -45,6 +45,9 @@ class ModelReply:
     attempts: int
     latency_ms: float
     feedback: ProviderFeedback | None = None
+    deployment: str | None = None  # the catalog deployment that answered (routed calls)
+    fallbacks: tuple[str, ...] = ()  # the deployments tried before it, in order
+    cost_usd: float | None = None  # at the deployment's prices, when the catalog has them
 
 
 class Gate(Protocol):
@@ -68,6 +71,7 @@ class ModelClient:
         backoff: Backoff | None = None,
         rate_limit_max_wait: float = 600.0,
         guard: CredentialGuard | None = None,
+        make_client: Callable[[], openai.AsyncOpenAI] | None = None,
     ) -> None:
         self._base_url = base_url
         self._api_key = api_key
@@ -76,9 +80,12 @@ class ModelClient:
         self._backoff = backoff or Backoff()
         self._rate_limit_max_wait = rate_limit_max_wait
         self._guard = guard  # without one, a rejected key is a model_error like any 4xx
+        self._make_client = make_client  # e.g. the SDK's Azure client for a catalog deployment
         self._client: openai.AsyncOpenAI | None = None
 
     async def start(self) -> None:
+        if self._client is None and self._make_client is not None:
+            self._client = self._make_client()
         if self._client is None:
             self._client = openai.AsyncOpenAI(
                 base_url=self._base_url,
@@ -99,11 +106,13 @@ class ModelClient:
         messages: list[ChatMessage],
         params: dict[str, Any],
         gate: Gate | None = None,
+        max_attempts: int | None = None,
     ) -> ModelReply:
         """One chat completion, retried per policy; raises :class:`ModelCallError`.
 
         ``gate`` (the fleet's rate limits) is asked before every attempt and told of every
-        429; without one, 429s are waited out here.
+        429; without one, 429s are waited out here. ``max_attempts`` overrides the client's
+        (fewer where another deployment can take the call).
         """
         wire: Any = [m.model_dump(exclude_none=True) for m in messages]
         started = time.monotonic()
@@ -117,7 +126,7 @@ class ModelClient:
                 model=model, messages=[], extra_body={"messages": wire, **params}
             )
 
-        raw, body, attempt = await self._with_retries(send, gate)
+        raw, body, attempt = await self._with_retries(send, gate, max_attempts)
         return _reply(body, attempt, started, feedback_from(raw.headers))
 
     async def moderate(
@@ -140,7 +149,10 @@ class ModelClient:
         return body, attempt
 
     async def _with_retries(
-        self, send: Callable[[openai.AsyncOpenAI], Awaitable[Any]], gate: Gate | None
+        self,
+        send: Callable[[openai.AsyncOpenAI], Awaitable[Any]],
+        gate: Gate | None,
+        max_attempts: int | None = None,
     ) -> tuple[Any, Any, int]:
         """(raw response, decoded JSON body, attempts): 429s are retried until
         ``rate_limit_max_wait`` seconds have passed since the first; other retriable
@@ -196,7 +208,7 @@ class ModelClient:
                     await asyncio.sleep(self._backoff.delay(attempt, wait))
                 continue
             failures += 1
-            if not retriable or failures >= self._max_attempts:
+            if not retriable or failures >= (max_attempts or self._max_attempts):
                 raise ModelCallError(
                     f"{error} (after {attempt} attempt(s))",
                     code=code,

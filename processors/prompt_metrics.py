@@ -25,6 +25,16 @@ class PromptMetrics:
             "Model calls that failed for good, by error code.",
             ("code",),
         )
+        self.failovers = registry.counter(
+            "promptmill_model_failovers_total",
+            "Calls a catalog deployment failed for good and the next one of its group took.",
+            ("group", "deployment"),
+        )
+        self.routed = registry.counter(
+            "promptmill_model_routed_total",
+            "Answers by the catalog deployment that gave them.",
+            ("group", "deployment"),
+        )
 
     def completed(self, model: str, usage: Usage, cost: float, cached: bool) -> None:
         if cached:

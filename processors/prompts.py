@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import orjson
@@ -19,11 +19,13 @@ from pydantic import ValidationError
 
 from processors.cache import Coalescer, request_key
 from processors.fleet import FleetState
+from processors.fleet.state import Lookup
 from processors.fleet.tenants import TenantWatch
 from processors.fleet.ticket import Ticket, estimate_tokens
 from processors.model import ModelCallError, ModelClient, ModelReply
 from processors.pricing import Price, cost_usd
 from processors.prompt_metrics import PromptMetrics
+from processors.routing import FAILOVER_ATTEMPTS, Route, Router, fails_over
 from processors.runtime import InRecord, Outcome
 from processors.runtime.deadletters import About, DeadLetters, job_id_of
 from processors.templates.render import Renderer
@@ -90,8 +92,10 @@ class PromptProcessor:
         config: PromptConfig,
         metrics: PromptMetrics,
         tenants: TenantWatch | None = None,
+        router: Router | None = None,
     ) -> None:
         self._tenants = tenants
+        self._router = router
         self._completions = catalog.name(TopicKind.COMPLETIONS)
         self._dead = DeadLetters(catalog.name(TopicKind.FAILURES), Stage.PROMPT)
         self._templates = templates
@@ -108,12 +112,16 @@ class PromptProcessor:
 
     async def start(self) -> None:
         await self._model.start()
+        if self._router is not None:
+            await self._router.start()
         if self._tenants is not None:
             await self._tenants.start()
 
     async def stop(self) -> None:
         if self._tenants is not None:
             await self._tenants.stop()
+        if self._router is not None:
+            await self._router.stop()
         await self._model.stop()
 
     async def handle(self, record: InRecord) -> Sequence[Outcome]:
@@ -171,7 +179,13 @@ class PromptProcessor:
                 f"prompt is ~{tokens} tokens, over the limit of {self._config.max_prompt_tokens}"
             )
         reply, cached = await self._call(job, model, messages, params)
-        cost = 0.0 if cached else cost_usd(self._config.prices, reply.model or model, reply.usage)
+        cost = (
+            0.0
+            if cached
+            else reply.cost_usd
+            if reply.cost_usd is not None
+            else self._cost(model, reply)
+        )
         self._metrics.completed(reply.model or model, reply.usage, cost, cached)
         return Completion(
             job_id=job.job_id,
@@ -191,6 +205,8 @@ class PromptProcessor:
             attempts=reply.attempts if not cached else 0,
             response_id=reply.response_id,
             metadata=job.metadata,
+            deployment=reply.deployment if not cached else None,
+            fallbacks=list(reply.fallbacks) if not cached else [],
         )
 
     async def _call(
@@ -225,24 +241,72 @@ class PromptProcessor:
         return reply, from_cache or shared
 
     async def _lookup_or_call(self, call: _Call, key: str | None) -> tuple[ModelReply, bool]:
-        """The cached answer for ``key``; else the model's, within the fleet's limits."""
-        found = await self._fleet.lookup(key, call.model, call.tenant, call.reserved)
+        """The cached answer for ``key``; else the model's, within the fleet's limits (at
+        the deployments of the job's group in order, when the model catalog has it)."""
+        routes: list[Route | None] = list(self._router.order(call.model)) if self._router else []
+        routes = routes or [None]
+        found = await self._fleet.lookup(
+            key, _limit_key(call, routes[0]), call.tenant, call.reserved
+        )
         if found.cached is not None:
             return _reply_from_cache(found.cached), True
-        ticket = Ticket(self._fleet, call.model, call.tenant, call.reserved, found)
         budgets, estimate = await self._reserve_budget(call)
-        spent = 0.0
+        spent, tried = 0.0, list[str]()
         try:
-            reply = await self._model.complete(call.model, call.messages, call.request, ticket)
-            spent = cost_usd(self._config.prices, reply.model or call.model, reply.usage)
+            for index, route in enumerate(routes):
+                last = index == len(routes) - 1
+                try:
+                    reply = await self._call_once(
+                        call, key, route, found if not index else None, last
+                    )
+                except ModelCallError as exc:
+                    if last or route is None or not fails_over(exc):
+                        if not tried or route is None:
+                            raise
+                        raise ModelCallError(
+                            f"{exc.message} (at {route.label(call.model)}, after "
+                            f"{', '.join(tried)} failed)",
+                            code=exc.code,
+                            retriable=exc.retriable,
+                            attempts=exc.attempts,
+                        ) from exc
+                    name = route.label(call.model)
+                    log.info("%s: %s failed (%s); next deployment", call.model, name, exc)
+                    self._metrics.failovers.inc(group=call.model, deployment=name)
+                    tried.append(name)
+                    continue
+                price = route.cost_usd(reply.usage) if route is not None else None
+                if route is not None:
+                    name = route.label(call.model)
+                    reply = replace(reply, deployment=name, fallbacks=tuple(tried), cost_usd=price)
+                    self._metrics.routed.inc(group=call.model, deployment=name)
+                spent = price if price is not None else self._cost(call.model, reply)
+                return reply, False
+            raise AssertionError("unreachable: the last route returns or raises")
         finally:
-            self._metrics.rate_limit_wait.inc(ticket.waited)
             if budgets:
                 await self._true_up(budgets, estimate, spent)
+
+    async def _call_once(
+        self, call: _Call, key: str | None, route: Route | None, found: Lookup | None, last: bool
+    ) -> ModelReply:
+        """One deployment's (or the default endpoint's) answer; its limits settled."""
+        limit_key = _limit_key(call, route)
+        ticket = Ticket(self._fleet, limit_key, call.tenant, call.reserved, found)
+        try:
+            if route is None:
+                reply = await self._model.complete(call.model, call.messages, call.request, ticket)
+            else:
+                attempts = None if last else FAILOVER_ATTEMPTS
+                reply = await route.client.complete(
+                    route.provider_model, call.messages, call.request, ticket, attempts
+                )
+        finally:
+            self._metrics.rate_limit_wait.inc(ticket.waited)
         await self._fleet.settle(
             key,
             _reply_to_cache(reply) if key else None,
-            call.model,
+            limit_key,
             call.tenant,
             refund_tokens=self._refund(call, reply),
             feedback=reply.feedback,
@@ -250,7 +314,10 @@ class PromptProcessor:
             sent_at=ticket.send_at,
             linger=ticket.waited > 0,
         )
-        return reply, False
+        return reply
+
+    def _cost(self, model: str, reply: ModelReply) -> float:
+        return cost_usd(self._config.prices, reply.model or model, reply.usage)
 
     async def _true_up(self, budgets: tuple[Budget, ...], estimate: float, spent: float) -> None:
         if self._tenants is None:
@@ -325,6 +392,11 @@ class PromptProcessor:
         except PromptmillError:
             template = None
         return (template.model if template else None) or self._config.default_model
+
+
+def _limit_key(call: _Call, route: Route | None) -> str:
+    """Whose rate limits a call passes: its deployment's, else its model's."""
+    return route.limit_key if route is not None else call.model
 
 
 @dataclass(frozen=True)

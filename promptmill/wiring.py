@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Any
 
 from processors.batches import BatchTracker
 from processors.classifier import Classifier
@@ -25,11 +26,13 @@ from processors.prompt_metrics import PromptMetrics
 from processors.prompts import PromptConfig, PromptProcessor
 from processors.reporting import ReportingConfig, ReportingProcessor
 from processors.retry import Backoff
+from processors.routing import Router, client_for
 from processors.runtime import Processor
 from processors.templates.pool import PoolConfig, RenderPool
 from processors.templates.render import Renderer
 from promptmill import app
 from promptmill.settings import Settings, SettingsError
+from schemas.catalog import Deployment, load_catalog
 from topics import TopicKind
 from topics.batch_index import BatchIndex
 from topics.budgets import Budgets
@@ -79,13 +82,14 @@ async def build(
         endpoint.base_url,
         endpoint.api_key,
         timeout=settings.model_timeout_seconds,
-        max_attempts=settings.model_max_attempts,
-        backoff=Backoff(settings.model_backoff_base_seconds, settings.model_backoff_max_seconds),
-        rate_limit_max_wait=settings.rate_limit_max_wait_seconds,
         guard=guard,
+        **_retry_options(settings),
     )
+    router = _router(settings)
     limits = LimitTable(
-        settings.model_limits, settings.tenant_limits, settings.rate_limit_burst_seconds
+        (router.limits() if router else {}) | settings.model_limits,
+        settings.tenant_limits,
+        settings.rate_limit_burst_seconds,
     )
     fleet = _fleet(settings, shared, limits)
     if name == "moderation":
@@ -120,8 +124,35 @@ async def build(
         ),
         PromptMetrics(metrics),
         _tenant_watch(settings, shared, limits, metrics),
+        router,
     )
     return Built(prompts, guard)
+
+
+def _retry_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "max_attempts": settings.model_max_attempts,
+        "backoff": Backoff(settings.model_backoff_base_seconds, settings.model_backoff_max_seconds),
+        "rate_limit_max_wait": settings.rate_limit_max_wait_seconds,
+    }
+
+
+def _router(settings: Settings) -> Router | None:
+    """The model catalog's router (``PROMPTMILL_MODEL_CATALOG``), if there is a catalog."""
+    if settings.model_catalog is None:
+        return None
+    catalog = load_catalog(settings.model_catalog)
+
+    def client(deployment: Deployment) -> ModelClient:
+        return ModelClient(
+            deployment.base_url,
+            "-",  # the key is the deployment's, read by client_for
+            timeout=deployment.timeout_seconds,
+            make_client=lambda: client_for(deployment),
+            **_retry_options(settings),
+        )
+
+    return Router(catalog, client)
 
 
 def _tenant_watch(

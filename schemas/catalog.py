@@ -114,6 +114,10 @@ class Deployment(BaseModel):
                 ) from None
         return "none"
 
+    def price_per_token(self) -> float:
+        """A deployment's price for ranking: input and output per 1M tokens, together."""
+        return self.price_input_per_1m + self.price_output_per_1m
+
     def key_source(self) -> str:
         if self.api_key_env:
             return f"env {self.api_key_env}"

@@ -67,6 +67,8 @@ class Completion(BaseModel):
     response_id: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=utcnow)
+    deployment: str | None = None  # the model catalog's deployment that answered
+    fallbacks: list[str] = Field(default_factory=list)  # deployments tried before it
 
     _encodable = field_validator("*")(refuse_lone_surrogates)
 

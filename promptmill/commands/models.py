@@ -7,13 +7,13 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import openai
 import orjson
 from openai.types.chat import ChatCompletionMessageParam
 
 from processors.model import timeout_or_unreachable
+from processors.routing import client_for
 from promptmill import app
 from promptmill.settings import Settings
 from schemas import ErrorCode, PromptmillError
@@ -93,25 +93,6 @@ async def models_check(settings: Settings, args: argparse.Namespace) -> None:
     failed = [p for p in probes if not p.ok]
     if failed:
         raise PromptmillError(f"{len(failed)} of {len(probes)} deployment(s) failed the check")
-
-
-def client_for(deployment: Deployment) -> openai.AsyncOpenAI:
-    """The SDK's client for a deployment: its Azure client for ``kind: azure``."""
-    common: dict[str, Any] = {
-        "api_key": deployment.api_key(),
-        "timeout": deployment.timeout_seconds,
-        "max_retries": 0,
-        "default_headers": deployment.headers or None,
-        "http_client": openai.DefaultAioHttpClient(timeout=deployment.timeout_seconds),
-    }
-    if deployment.kind == "azure":
-        return openai.AsyncAzureOpenAI(
-            azure_endpoint=deployment.base_url,
-            azure_deployment=deployment.azure_deployment,
-            api_version=deployment.api_version,
-            **common,
-        )
-    return openai.AsyncOpenAI(base_url=deployment.base_url, **common)
 
 
 async def probe(catalog: Catalog, group: str, deployment: Deployment) -> Probe:

@@ -100,13 +100,18 @@ def _start_redis(home: Path) -> Started:
 
 
 def _start_model_sim(home: Path) -> Started:
+    return start_model_sim(home)
+
+
+def start_model_sim(home: Path, name: str = "model_sim") -> Started:
+    """A model simulator on a free loopback port, logging to ``home/NAME.log``."""
     # Run the simulator from this very source tree, installed or not.
     root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     port = free_port()
     cmd = [sys.executable, "-m", "promptmill.dev.simulator", "--host", HOST, "--port", str(port)]
-    return serve(cmd, home / "model_sim.log", port, _READY_TIMEOUT_S, env)
+    return serve(cmd, home / f"{name}.log", port, _READY_TIMEOUT_S, env)
 
 
 def _smollm2_gguf() -> Path:

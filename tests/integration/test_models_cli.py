@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import orjson
 
 from promptmill.dev.harness import Env, sim_call
-
-
-def _dead_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from promptmill.dev.processes import free_port
 
 
 async def test_check_probes_every_deployment_and_fails_on_a_dead_one(
@@ -31,7 +25,7 @@ groups:
         rpm: 600
         headers: {{x-team: research}}
       - name: gone
-        base_url: http://127.0.0.1:{_dead_port()}/v1
+        base_url: http://127.0.0.1:{free_port()}/v1
         timeout_seconds: 5
       - name: azure
         kind: azure
