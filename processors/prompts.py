@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from processors.cache import Coalescer, request_key
 from processors.fleet import FleetState
+from processors.fleet.breakers import Breakers
 from processors.fleet.state import Lookup
 from processors.fleet.tenants import TenantWatch
 from processors.fleet.ticket import Ticket, estimate_tokens
@@ -93,9 +94,11 @@ class PromptProcessor:
         metrics: PromptMetrics,
         tenants: TenantWatch | None = None,
         router: Router | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         self._tenants = tenants
         self._router = router
+        self._breakers = breakers
         self._completions = catalog.name(TopicKind.COMPLETIONS)
         self._dead = DeadLetters(catalog.name(TopicKind.FAILURES), Stage.PROMPT)
         self._templates = templates
@@ -114,12 +117,16 @@ class PromptProcessor:
         await self._model.start()
         if self._router is not None:
             await self._router.start()
+        if self._breakers is not None:
+            await self._breakers.start()
         if self._tenants is not None:
             await self._tenants.start()
 
     async def stop(self) -> None:
         if self._tenants is not None:
             await self._tenants.stop()
+        if self._breakers is not None:
+            await self._breakers.stop()
         if self._router is not None:
             await self._router.stop()
         await self._model.stop()
@@ -243,7 +250,10 @@ class PromptProcessor:
     async def _lookup_or_call(self, call: _Call, key: str | None) -> tuple[ModelReply, bool]:
         """The cached answer for ``key``; else the model's, within the fleet's limits (at
         the deployments of the job's group in order, when the model catalog has it)."""
-        routes: list[Route | None] = list(self._router.order(call.model)) if self._router else []
+        is_open = self._breakers.is_open if self._breakers else None
+        routes: list[Route | None] = []
+        if self._router is not None:
+            routes += self._router.order(call.model, is_open)
         routes = routes or [None]
         found = await self._fleet.lookup(
             key, _limit_key(call, routes[0]), call.tenant, call.reserved
@@ -260,6 +270,8 @@ class PromptProcessor:
                         call, key, route, found if not index else None, last
                     )
                 except ModelCallError as exc:
+                    if route is not None and self._breakers and fails_over(exc):
+                        await self._breakers.failed(route.limit_key)
                     if last or route is None or not fails_over(exc):
                         if not tried or route is None:
                             raise

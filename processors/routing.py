@@ -85,17 +85,24 @@ class Router:
         }
         self._rng = rng or random.Random()
 
-    def order(self, group: str) -> list[Route]:
+    def order(self, group: str, is_open: Callable[[str], bool] | None = None) -> list[Route]:
         """The deployments a job of ``group`` tries, in order (empty: the group is not in
         the catalog): the group's own, then those of its fallback groups, each group's
-        drawn by weight (``routing: weighted``) or cheapest first (``routing: cost``)."""
+        drawn by weight (``routing: weighted``) or cheapest first (``routing: cost``);
+        deployments whose breaker ``is_open`` go last."""
         entry = self.catalog.groups.get(group)
         if entry is None:
             return []
         ordered = self._own(group)
         for fallback in entry.fallbacks:
             ordered += self._own(fallback)
+        if is_open is not None:
+            ordered.sort(key=lambda r: is_open(r.limit_key))  # stable: order kept otherwise
         return ordered
+
+    def names(self) -> list[str]:
+        """Every deployment's bucket name (``GROUP@DEPLOYMENT``)."""
+        return [route.limit_key for routes in self._routes.values() for route in routes]
 
     def _own(self, group: str) -> list[Route]:
         left = list(self._routes[group])

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
         description="YAML model catalog (model groups and their deployments); unset = one "
         "deployment, OPENAI_BASE_URL",
     )
+    breaker_failures: int = Field(default=5, ge=1, le=10_000)
+    breaker_window_seconds: float = Field(default=10.0, gt=0, le=3600)
+    breaker_cooldown_seconds: float = Field(default=15.0, gt=0, le=3600)
     model_backend: Literal["auto", "sim", "real"] = Field(
         default="auto",
         description="which local-stack model to use when OPENAI_BASE_URL is unset",

@@ -16,6 +16,7 @@ from typing import Any
 from processors.batches import BatchTracker
 from processors.classifier import Classifier
 from processors.fleet import FleetState, LimitTable
+from processors.fleet.breakers import Breakers
 from processors.fleet.credentials import CredentialGuard
 from processors.fleet.state import FleetConfig
 from processors.fleet.tenants import TenantWatch
@@ -125,8 +126,26 @@ async def build(
         PromptMetrics(metrics),
         _tenant_watch(settings, shared, limits, metrics),
         router,
+        _breakers(settings, shared, router, metrics),
     )
     return Built(prompts, guard)
+
+
+def _breakers(
+    settings: Settings, redis: RedisClient | None, router: Router | None, metrics: Registry
+) -> Breakers | None:
+    """The catalog deployments' shared circuit breakers (they need Redis and a catalog)."""
+    if redis is None or router is None:
+        return None
+    return Breakers(
+        redis,
+        settings.redis_key_prefix,
+        router.names(),
+        metrics,
+        failures=settings.breaker_failures,
+        window=settings.breaker_window_seconds,
+        cooldown=settings.breaker_cooldown_seconds,
+    )
 
 
 def _retry_options(settings: Settings) -> dict[str, Any]:

@@ -12,23 +12,24 @@ that have one.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 
 from processors.fleet.limits import Limit, LimitTable
+from processors.fleet.polling import Follower
 from topics.budgets import Budgets
 from topics.objects import cancelled_key
-from topics.redis import REDIS_ERRORS, RedisClient
+from topics.redis import RedisClient
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0
 CANCEL_MEMORY_SECONDS = 7 * 24 * 3600
 
 
-class TenantWatch:
+class TenantWatch(Follower):
     """Follows cancellations and tenant policies (``start``/``stop``; see the docstring)."""
+
+    what = "tenant watch"
 
     def __init__(
         self,
@@ -38,29 +39,15 @@ class TenantWatch:
         limits: LimitTable,
         poll_seconds: float = POLL_SECONDS,
     ) -> None:
+        super().__init__(poll_seconds)
         self._redis = redis
         self._cancelled_key = cancelled_key(prefix)
         self.budgets = budgets
         self._limits = limits
         self._configured = dict(limits.tenants)  # from the settings
-        self._poll = poll_seconds
         self._cancelled: dict[str, float] = {}
         self._since = 0.0
-        self._task: asyncio.Task[None] | None = None
         self.polls = 0
-
-    async def start(self) -> None:
-        if self._task is None:
-            with contextlib.suppress(*REDIS_ERRORS):
-                await self.refresh()
-            self._task = asyncio.create_task(self._follow(), name="tenant-watch")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            task, self._task = self._task, None
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     @property
     def known_cancelled(self) -> int:
@@ -89,18 +76,3 @@ class TenantWatch:
                 tenants[tenant] = Limit(rpm=policy.rpm, tpm=policy.tpm)
         self._limits.tenants = tenants
         self.polls += 1
-
-    async def _follow(self) -> None:
-        failing = False
-        while True:
-            await asyncio.sleep(self._poll)
-            try:
-                await self.refresh()
-            except REDIS_ERRORS as exc:
-                if not failing:  # once per outage
-                    log.warning(
-                        "tenant watch: no answer from Redis (%s); keeping what it knew", exc
-                    )
-                failing = True
-            else:
-                failing = False

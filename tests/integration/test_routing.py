@@ -3,6 +3,7 @@ failover from a deployment that is down, without losing a job."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,11 +66,12 @@ async def test_weights_and_failover_from_a_deployment_that_is_down(
     done = [r for r in records.values() if isinstance(r, Completion)]
     answered = Counter(r.deployment for r in done)
     moved = [r for r in done if r.fallbacks]
-    # first choices by weight 1:3:2; "down"'s third moves on to a or b by 1:3 again
+    # first choices by weight 1:3:2; the jobs that drew "down" move on to a or b by 1:3
+    # again, until its breaker opens (5 failures) and it goes last for everyone
     assert set(answered) == {"a", "b"}
     assert all(r.fallbacks == ["down"] for r in moved)
-    assert abs(len(moved) - count / 3) <= 45, len(moved)  # ~4 standard deviations
-    assert abs(answered["a"] - count / 4) <= 45, answered
+    assert 5 <= len(moved) < count / 3, len(moved)
+    assert abs(answered["a"] - count / 4) <= 45, answered  # ~4 standard deviations
     # every answer came from the simulator it names, once
     first = await sim_call(env.endpoints.sim_url, "GET", "/sim/stats")
     second = await sim_call(second_sim, "GET", "/sim/stats")
@@ -100,3 +102,46 @@ async def test_a_group_with_every_deployment_down_fails_each_job_once(
     for failure in records.values():
         assert isinstance(failure, Failure) and failure.code == "model_error"
         assert "failed)" in failure.message, failure.message  # the last error, and who else
+
+
+async def test_a_failing_deployments_breaker_opens_for_the_fleet_and_it_recovers(
+    env: Env, tmp_path: Path, second_sim: str
+) -> None:
+    catalog = _catalog(
+        tmp_path,
+        f"""\
+      - {{name: a, base_url: "{env.endpoints.sim_url}"}}
+      - {{name: b, base_url: "{second_sim}"}}
+""",
+    )
+    await sim_call(second_sim, "POST", "/sim/config", {"error_rate": 1.0})  # b answers 500s
+    env.start_worker(
+        PROMPTMILL_MODEL_CATALOG=str(catalog),
+        PROMPTMILL_MODEL_BACKOFF_BASE_SECONDS="0.05",
+        PROMPTMILL_BREAKER_FAILURES="3",
+        PROMPTMILL_BREAKER_WINDOW_SECONDS="30",
+        PROMPTMILL_BREAKER_COOLDOWN_SECONDS="5",
+    )
+
+    def jobs(name: str, count: int) -> Path:
+        return write_jsonl(
+            tmp_path / f"{name}.jsonl",
+            [
+                {"messages": [{"role": "user", "content": f"{name}{i}"}], "cache": False}
+                for i in range(count)
+            ],
+        )
+
+    first = await env.collect(await env.submit(jobs("one", 900)), within=120)
+    assert len(first) == 900 and all(isinstance(r, Completion) for r in first.values())
+    assert {r.deployment for r in first.values() if isinstance(r, Completion)} == {"a"}
+    # half the jobs drew b first: 450 jobs x 2 attempts without a breaker; with it, b only
+    # sees the calls already on their way when its third failure opened it
+    hits = (await sim_call(second_sim, "GET", "/sim/stats"))["requests"]
+    assert 6 <= hits <= 300, hits
+
+    await sim_call(second_sim, "POST", "/sim/config", {"error_rate": 0.0})  # b is back
+    await asyncio.sleep(7)  # the cooldown, and a look at the breakers
+    second = await env.collect(await env.submit(jobs("two", 200)), within=120)
+    back = Counter(r.deployment for r in second.values() if isinstance(r, Completion))
+    assert len(second) == 200 and back["b"] >= 50, back

@@ -58,3 +58,11 @@ def test_each_deployments_limits_are_its_own() -> None:
     limits = _router({"m": group}).limits()
     assert (limits["m@a"].rpm, limits["m@a"].tpm) == (600, None)
     assert (limits["m@b"].rpm, limits["m@b"].tpm) == (None, 90_000)
+
+
+def test_a_deployment_whose_breaker_is_open_goes_last() -> None:
+    group = ModelGroup(deployments=[_deployment("a", weight=100), _deployment("b")])
+    router = _router({"m": group})
+    for _ in range(50):
+        assert [r.name for r in router.order("m", lambda name: name == "m@a")] == ["b", "a"]
+    assert router.names() == ["m@a", "m@b"]
