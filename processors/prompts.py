@@ -253,7 +253,7 @@ class PromptProcessor:
         is_open = self._breakers.is_open if self._breakers else None
         routes: list[Route | None] = []
         if self._router is not None:
-            routes += self._router.order(call.model, is_open)
+            routes += _fitting(call, self._router.order(call.model, is_open))
         routes = routes or [None]
         found = await self._fleet.lookup(
             key, _limit_key(call, routes[0]), call.tenant, call.reserved
@@ -404,6 +404,24 @@ class PromptProcessor:
         except PromptmillError:
             template = None
         return (template.model if template else None) or self._config.default_model
+
+
+def _fitting(call: _Call, routes: list[Route]) -> list[Route]:
+    """The routes whose context window holds the call (its estimated prompt and the tokens
+    reserved for the answer): a deployment too small is skipped, in favour of the next one
+    or a fallback group's; none at all is a prompt too long."""
+    fit = [
+        r
+        for r in routes
+        if not r.deployment.context_window or call.reserved <= r.deployment.context_window
+    ]
+    if routes and not fit:
+        largest = max(r.deployment.context_window or 0 for r in routes)
+        raise PromptTooLong(
+            f"the prompt and its answer need ~{call.reserved} tokens; no deployment of "
+            f"{call.model} (or its fallbacks) has a context window that large (largest {largest})"
+        )
+    return fit
 
 
 def _limit_key(call: _Call, route: Route | None) -> str:

@@ -145,3 +145,30 @@ async def test_a_failing_deployments_breaker_opens_for_the_fleet_and_it_recovers
     second = await env.collect(await env.submit(jobs("two", 200)), within=120)
     back = Counter(r.deployment for r in second.values() if isinstance(r, Completion))
     assert len(second) == 200 and back["b"] >= 50, back
+
+
+async def test_a_prompt_too_large_for_a_deployments_context_window_goes_to_a_larger_one(
+    env: Env, tmp_path: Path, second_sim: str
+) -> None:
+    catalog = _catalog(
+        tmp_path,
+        f"""\
+      - {{name: small, base_url: "{env.endpoints.sim_url}", weight: 100, context_window: 200}}
+      - {{name: large, base_url: "{second_sim}", weight: 1, context_window: 2000}}
+""",
+    )
+    body = {"params": {"max_tokens": 16}, "cache": False}
+    jobs = write_jsonl(
+        tmp_path / "jobs.jsonl",
+        [
+            body | {"messages": [{"role": "user", "content": text}], "custom_id": name}
+            for name, text in (("short", "short"), ("long", "x" * 2000), ("huge", "x" * 9000))
+        ],
+    )
+    env.start_worker(PROMPTMILL_MODEL_CATALOG=str(catalog))
+    records = {r.custom_id: r for r in (await env.collect(await env.submit(jobs))).values()}
+    short, long, huge = records["short"], records["long"], records["huge"]
+    assert isinstance(short, Completion) and isinstance(long, Completion)
+    assert long.deployment == "large"  # ~520 tokens: not within small's 200
+    assert isinstance(huge, Failure) and huge.code == "prompt_too_long"  # ~2270 > 2000
+    assert "largest 2000" in huge.message
