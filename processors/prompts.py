@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -254,12 +255,19 @@ class PromptProcessor:
         routes: list[Route | None] = []
         if self._router is not None:
             routes += _fitting(call, self._router.order(call.model, is_open))
+        candidates = [r.limit_key for r in Router.candidates([r for r in routes if r], is_open)]
         routes = routes or [None]
-        found = await self._fleet.lookup(
-            key, _limit_key(call, routes[0]), call.tenant, call.reserved
-        )
+        names = candidates or [call.model]
+        found = await self._fleet.lookup(key, names, call.tenant, call.reserved)
         if found.cached is not None:
             return _reply_from_cache(found.cached), True
+        waited = 0.0
+        if not found.reserved and len(names) > 1:  # choose when one of them has room
+            started = time.monotonic()
+            found = await self._fleet.waiting_line(names, call.tenant).join(call.reserved)
+            waited = time.monotonic() - started
+        chosen = next((i for i, r in enumerate(routes) if r and r.limit_key == found.choice), 0)
+        routes.insert(0, routes.pop(chosen))  # the preferred one, unless another had room first
         budgets, estimate = await self._reserve_budget(call)
         spent, tried = 0.0, list[str]()
         try:
@@ -267,7 +275,7 @@ class PromptProcessor:
                 last = index == len(routes) - 1
                 try:
                     reply = await self._call_once(
-                        call, key, route, found if not index else None, last
+                        call, key, route, (found, waited) if not index else None, last
                     )
                 except ModelCallError as exc:
                     if route is not None and self._breakers and fails_over(exc):
@@ -300,11 +308,18 @@ class PromptProcessor:
                 await self._true_up(budgets, estimate, spent)
 
     async def _call_once(
-        self, call: _Call, key: str | None, route: Route | None, found: Lookup | None, last: bool
+        self,
+        call: _Call,
+        key: str | None,
+        route: Route | None,
+        booked: tuple[Lookup, float] | None,
+        last: bool,
     ) -> ModelReply:
-        """One deployment's (or the default endpoint's) answer; its limits settled."""
+        """One deployment's (or the default endpoint's) answer; its limits settled.
+        ``booked``: the reservation made for it, and how long the job waited for it."""
         limit_key = _limit_key(call, route)
-        ticket = Ticket(self._fleet, limit_key, call.tenant, call.reserved, found)
+        found, waited = booked or (None, 0.0)
+        ticket = Ticket(self._fleet, limit_key, call.tenant, call.reserved, found, waited)
         try:
             if route is None:
                 reply = await self._model.complete(call.model, call.messages, call.request, ticket)

@@ -1,13 +1,16 @@
 """Routing a model group's calls over its deployments (the model catalog).
 
-Each job of a group in the catalog gets an order of its group's deployments: the first is
-drawn by weight, then the rest, each drawn by weight among those left. The job goes to the
-first; a call that fails for good there (5xx, timeouts, connection errors, 429s past the
-wait limit, a refused key) goes to the next, and so on. Each deployment has rate limits of
-its own in the fleet's buckets (kept under ``GROUP@DEPLOYMENT``) and its own client (the
-SDK's Azure client for ``kind: azure``). After the group's own deployments come those of its
-``fallbacks`` groups, in order. ``routing: cost`` tries the cheapest deployment first. The
-completion names the deployment that answered and those tried before it.
+Each job of a group in the catalog gets an order of its group's deployments: the first by
+smooth weighted round robin (each deployment first for its weight's share of the jobs), then
+the rest by weight. The fleet's buckets then book the job in the first of them with room
+now, or the one with room soonest (:meth:`FleetState.reserve`), so a deployment with spare
+capacity takes what another cannot send yet. A call that fails for good there (5xx,
+timeouts, connection errors, 429s past the wait limit, a refused key) goes to the next, and
+so on. Each deployment has rate limits of its own in the fleet's buckets (kept under
+``GROUP@DEPLOYMENT``) and its own client (the SDK's Azure client for ``kind: azure``).
+After the group's own deployments come those of its ``fallbacks`` groups, in order.
+``routing: cost`` prefers the cheapest deployment with room. The completion names the
+deployment that answered and those tried before it.
 """
 
 from __future__ import annotations
@@ -84,37 +87,62 @@ class Router:
             for group, entry in catalog.groups.items()
         }
         self._rng = rng or random.Random()
+        self._current = {  # smooth weighted round robin's running weights
+            route.limit_key: 0.0 for routes in self._routes.values() for route in routes
+        }
 
     def order(self, group: str, is_open: Callable[[str], bool] | None = None) -> list[Route]:
         """The deployments a job of ``group`` tries, in order (empty: the group is not in
-        the catalog): the group's own, then those of its fallback groups, each group's
-        drawn by weight (``routing: weighted``) or cheapest first (``routing: cost``);
-        deployments whose breaker ``is_open`` go last."""
+        the catalog): the group's own, then those of its fallback groups; each group's first
+        by smooth weighted round robin among those whose breaker is closed, the others by
+        weight (``routing: weighted``), or cheapest first (``routing: cost``); deployments
+        whose breaker ``is_open`` go last."""
         entry = self.catalog.groups.get(group)
         if entry is None:
             return []
-        ordered = self._own(group)
+        ordered = self._own(group, is_open)
         for fallback in entry.fallbacks:
-            ordered += self._own(fallback)
+            ordered += self._own(fallback, is_open)
         if is_open is not None:
             ordered.sort(key=lambda r: is_open(r.limit_key))  # stable: order kept otherwise
         return ordered
+
+    @staticmethod
+    def candidates(order: list[Route], is_open: Callable[[str], bool] | None) -> list[Route]:
+        """The deployments of ``order`` the fleet's buckets choose among for a job: the
+        leading ones of its first group whose breaker is closed (the first alone if every
+        one is open)."""
+        if not order:
+            return []
+        out = []
+        for route in order:
+            if route.group != order[0].group or (is_open is not None and is_open(route.limit_key)):
+                break
+            out.append(route)
+        return out or order[:1]
 
     def names(self) -> list[str]:
         """Every deployment's bucket name (``GROUP@DEPLOYMENT``)."""
         return [route.limit_key for routes in self._routes.values() for route in routes]
 
-    def _own(self, group: str) -> list[Route]:
-        left = list(self._routes[group])
+    def _own(self, group: str, is_open: Callable[[str], bool] | None) -> list[Route]:
+        routes = self._routes[group]
+        shut = [r for r in routes if is_open is not None and is_open(r.limit_key)]
+        left = [r for r in routes if r not in shut] or list(routes)
+        shut = [r for r in shut if r not in left]
         if self.catalog.groups[group].routing == "cost":
             self._rng.shuffle(left)  # equal prices: spread
-            return sorted(left, key=lambda r: r.deployment.price_per_token())
-        ordered: list[Route] = []
-        while left:
-            pick = self._rng.choices(left, weights=[r.deployment.weight for r in left])[0]
-            ordered.append(pick)
-            left.remove(pick)
-        return ordered
+            return sorted(left, key=lambda r: r.deployment.price_per_token()) + shut
+        # smooth weighted round robin (nginx's) over those whose breaker is closed: over
+        # any run of jobs each is first in its weight's share of them, give or take one
+        total = 0.0
+        for route in left:
+            self._current[route.limit_key] += route.deployment.weight
+            total += route.deployment.weight
+        first = max(left, key=lambda r: self._current[r.limit_key])
+        self._current[first.limit_key] -= total
+        left.remove(first)
+        return [first, *sorted(left, key=lambda r: -r.deployment.weight), *shut]
 
     def limits(self) -> dict[str, Limit]:
         """Every deployment's configured limits, by its bucket name."""

@@ -28,9 +28,13 @@ local function store(key, tat, last)
 end
 """
 
-# KEYS: control key, bucket keys... (one hash slot: see FleetState's keys)
-# ARGV: recovery_ms, horizon_ms, then per bucket: interval_ms, tolerance_ms, cost, adaptive.
-# Returns {0, wait_ms, send_ms, mark per bucket...} (reserved) | {2, come_back_ms}.
+# KEYS: per candidate (deployments a call may go to, in order of preference): its control
+# key, then its bucket keys (all in one hash slot: see FleetState's keys).
+# ARGV: recovery_ms, horizon_ms, candidates, then per candidate: its number of buckets, then
+# per bucket: interval_ms, tolerance_ms, cost, adaptive.
+# Books the first candidate that can send now; if none can, the one that can send soonest.
+# Returns {0, wait_ms, send_ms, candidate index (0-based), mark per bucket...} (reserved) |
+# {2, come_back_ms} (even the soonest is booked further ahead than the horizon).
 # A bucket's ``credit`` is capacity the provider announced and the fleet has not spent yet
 # (see SETTLE): a request it covers goes now and spends it; the bucket's pacing is only
 # held so that no burst builds up meanwhile (the credit already is the provider's count).
@@ -39,57 +43,69 @@ end
 RESERVE = (
     PRELUDE
     + """
-local n = #KEYS - 1
-if n == 0 then return {0, '0', string.format('%.3f', now)} end
-local ctl = redis.call('HMGET', KEYS[1], 'f0', 'pts', 'pause')
-local factor = factor_of(ctl, tonumber(ARGV[1]))
-local send = math.max(now, tonumber(ctl[3]) or 0)
-local tats, intervals, costs, credits, tolerances = {}, {}, {}, {}, {}
-for i = 1, n do
-  local base = 2 + (i - 1) * 4
-  local interval = tonumber(ARGV[base + 1])
-  local tolerance = tonumber(ARGV[base + 2])
-  local cost = tonumber(ARGV[base + 3])
-  if ARGV[base + 4] == '1' then interval = interval / factor end
-  local tat, last = load(KEYS[1 + i])
-  tat = tat or now
-  local learned = redis.call('HMGET', KEYS[1 + i], 'credit', 'burst')
-  local credit = tonumber(learned[1] or '0')
-  if ARGV[base + 4] == '1' and (tonumber(learned[2]) or 0) <= now then tolerance = 0 end
-  local earliest = tat
-  if credit >= cost then
-    earliest = now
-  else
-    local amount = cost * interval
-    if amount <= tolerance then earliest = tat + amount - tolerance end
+local recovery, horizon = tonumber(ARGV[1]), tonumber(ARGV[2])
+local function plan_of(k, a, n)
+  local ctl = redis.call('HMGET', KEYS[k], 'f0', 'pts', 'pause')
+  local factor = factor_of(ctl, recovery)
+  local p = {send = math.max(now, tonumber(ctl[3]) or 0), keys = {}, tats = {},
+             intervals = {}, costs = {}, credits = {}, tolerances = {}}
+  for i = 1, n do
+    local base = a + (i - 1) * 4
+    local interval = tonumber(ARGV[base])
+    local tolerance = tonumber(ARGV[base + 1])
+    local cost = tonumber(ARGV[base + 2])
+    local adaptive = ARGV[base + 3] == '1'
+    if adaptive then interval = interval / factor end
+    local key = KEYS[k + i]
+    local tat = load(key)
+    tat = tat or now
+    local learned = redis.call('HMGET', key, 'credit', 'burst')
+    local credit = tonumber(learned[1] or '0')
+    if adaptive and (tonumber(learned[2]) or 0) <= now then tolerance = 0 end
+    local earliest = tat
+    if credit >= cost then
+      earliest = now
+    else
+      local amount = cost * interval
+      if amount <= tolerance then earliest = tat + amount - tolerance end
+    end
+    if earliest > p.send then p.send = earliest end
+    p.keys[i], p.tats[i], p.intervals[i], p.costs[i] = key, tat, interval, cost
+    p.credits[i], p.tolerances[i] = credit, tolerance
   end
-  if earliest > send then send = earliest end
-  tats[i], intervals[i], costs[i], credits[i] = tat, interval, cost, credit
-  tolerances[i] = tolerance
+  return p
 end
-local horizon = tonumber(ARGV[2])
+local chosen, best = 0, nil
+local k, a = 1, 4
+for c = 1, tonumber(ARGV[3]) do
+  local n = tonumber(ARGV[a])
+  local p = plan_of(k, a + 1, n)
+  k, a = k + 1 + n, a + 1 + 4 * n
+  if best == nil or p.send < best.send then chosen, best = c, p end
+  if p.send <= now then break end
+end
+local send = best.send
 if send - now > horizon then
   return {2, string.format('%.3f', send - now - horizon)}
 end
-local answer = {0, string.format('%.3f', send - now), string.format('%.3f', send)}
-for i = 1, n do
-  local key = KEYS[1 + i]
-  if credits[i] >= costs[i] then
+local answer = {0, string.format('%.3f', send - now), string.format('%.3f', send), chosen - 1}
+for i, key in ipairs(best.keys) do
+  local credit, cost, tat = best.credits[i], best.costs[i], best.tats[i]
+  if credit >= cost then
     -- no burst builds up while credit is spent: once it is gone, pacing resumes one
     -- interval after the last credited send, never with a burst the provider cannot take
-    store(key, math.max(tats[i], send + tolerances[i]), send)
-    redis.call('HSET', key, 'credit', credits[i] - costs[i],
-               'credited', string.format('%.3f', send))
+    store(key, math.max(tat, send + best.tolerances[i]), send)
+    redis.call('HSET', key, 'credit', credit - cost, 'credited', string.format('%.3f', send))
   else
-    store(key, math.max(tats[i], send) + costs[i] * intervals[i], send)
+    store(key, math.max(tat, send) + cost * best.intervals[i], send)
   end
-  local mark = redis.call('HINCRBY', key, 'sent', costs[i])
-  if credits[i] >= costs[i] then
+  local mark = redis.call('HINCRBY', key, 'sent', cost)
+  if credit >= cost then
     -- a credited send goes ahead of the paced sends already booked: the provider will not
     -- have counted those when it answers this one, so its mark is as if booked after them
-    mark = mark - math.floor(math.max(0, tats[i] - send) / intervals[i])
+    mark = mark - math.floor(math.max(0, tat - send) / best.intervals[i])
   end
-  answer[3 + i] = tostring(mark)
+  answer[4 + i] = tostring(mark)
 end
 return answer
 """

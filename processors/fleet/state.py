@@ -45,6 +45,7 @@ class Lookup:
     reserved: bool = True
     send_at: float | None = None
     marks: tuple[int, ...] = ()  # per bucket: its ``sent`` count after this reservation
+    choice: str | None = None  # which of the deployments asked for it is booked in
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ class FleetState:
         self._config = config
         self._local = LocalBuckets()
         self._down_since: float | None = None
-        self._lines: dict[tuple[str, str], WaitingLine[Lookup]] = {}
+        self._lines: dict[tuple[tuple[str, ...], str], WaitingLine[Lookup]] = {}
         self._other_round_trips = 0
         if redis is not None:
             self._gets: Batcher[str] = Batcher(gets(redis))
@@ -139,9 +140,13 @@ class FleetState:
             self._settle_later = Batcher(self._settle_many, linger=config.settle_linger_seconds)
             self._penalize = LuaScript(redis, scripts.PENALIZE)
 
-    async def lookup(self, cache_key: str | None, model: str, tenant: str, tokens: int) -> Lookup:
-        """The cached answer for ``cache_key``, or a reservation for one model call (none
-        while jobs of this worker already wait for the same buckets: it joins their line)."""
+    async def lookup(
+        self, cache_key: str | None, models: str | Sequence[str], tenant: str, tokens: int
+    ) -> Lookup:
+        """The cached answer for ``cache_key``, or a reservation for one model call in the
+        first of ``models`` (deployments, in order of preference) that has room now, else
+        in the one with room soonest (none while jobs of this worker already wait for the
+        same buckets: it joins their line)."""
         if cache_key is not None and self._use_redis():
             try:
                 hit = await self._gets.call(self._cache(cache_key))
@@ -151,9 +156,9 @@ class FleetState:
                 self._came_back()
                 if hit is not None:
                     return Lookup(hit)
-        if self.waiting_line(model, tenant):
+        if self.waiting_line(models, tenant):
             return Lookup(None, reserved=False)
-        return await self.reserve(model, tenant, tokens)
+        return await self.reserve(models, tenant, tokens)
 
     @property
     def round_trips(self) -> int:
@@ -163,40 +168,52 @@ class FleetState:
         batchers = (self._gets, self._reserve, self._settle_now, self._settle_later)
         return sum(b.round_trips for b in batchers) + self._other_round_trips
 
-    def waiting_line(self, model: str, tenant: str) -> WaitingLine[Lookup]:
-        """This worker's first-come-first-served line for jobs waiting for a reservation."""
-        line = self._lines.get((model, tenant))
+    def waiting_line(self, models: str | Sequence[str], tenant: str) -> WaitingLine[Lookup]:
+        """This worker's first-come-first-served line for jobs waiting for a reservation in
+        the same buckets (for several deployments: one line whatever the preference; its
+        reservations go to whichever has room soonest)."""
+        names = _names(models)
+        line_key = (tuple(sorted(names)), tenant)
+        line = self._lines.get(line_key)
         if line is None:
+            in_order = line_key[0]
 
             async def reserve(tokens: int) -> Lookup:
-                return await self.reserve(model, tenant, tokens)
+                return await self.reserve(in_order, tenant, tokens)
 
             line = WaitingLine(reserve, slack=self._config.horizon_seconds / 2)
-            self._lines[(model, tenant)] = line
+            self._lines[line_key] = line
         return line
 
-    async def reserve(self, model: str, tenant: str, tokens: int) -> Lookup:
-        """A reservation for one model call in every bucket it must pass, or when to ask
-        again (the buckets are booked further ahead than the horizon)."""
-        buckets = self._limits.buckets(self._prefix, model, tenant)
-        if not buckets or not self._use_redis():
-            return self._reserve_locally(model, buckets, tokens)
-        keys = [self._control(model)] + [s.key for s, _ in buckets]
-        args: list[Any] = [self._recovery_ms, self._config.horizon_seconds * 1000]
-        for spec, counts in buckets:
-            cost = 1 if counts == "requests" else tokens
-            args += [spec.interval_ms, spec.tolerance_ms, cost, int(spec.adaptive)]
+    async def reserve(self, models: str | Sequence[str], tenant: str, tokens: int) -> Lookup:
+        """A reservation for one model call in every bucket it must pass (of the first of
+        ``models`` that can send now, else of the one that can send soonest: the lookup's
+        ``choice``), or when to ask again (even the soonest is booked further
+        ahead than the horizon)."""
+        names = _names(models)
+        every = [self._limits.buckets(self._prefix, m, tenant) for m in names]
+        if not any(every) or not self._use_redis():
+            return self._reserve_locally(names[0], every[0], tokens)
+        keys: list[str] = []
+        args: list[Any] = [self._recovery_ms, self._config.horizon_seconds * 1000, len(names)]
+        for model, buckets in zip(names, every, strict=True):
+            keys += [self._control(model)] + [s.key for s, _ in buckets]
+            args.append(len(buckets))
+            for spec, counts in buckets:
+                cost = 1 if counts == "requests" else tokens
+                args += [spec.interval_ms, spec.tolerance_ms, cost, int(spec.adaptive)]
         try:
             answer = await self._reserve.call((keys, args))
         except REDIS_ERRORS as exc:
             self._went_down(exc)
-            return self._reserve_locally(model, buckets, tokens)
+            return self._reserve_locally(names[0], every[0], tokens)
         self._came_back()
         wait = max(0.0, float(answer[1]) / 1000.0)
         if answer[0] == 2:
             return Lookup(None, wait, reserved=False)
-        marks = tuple(int(m) for m in answer[3:])
-        return Lookup(None, wait, send_at=float(answer[2]) / 1000.0, marks=marks)
+        marks = tuple(int(m) for m in answer[4:])
+        send_at = float(answer[2]) / 1000.0
+        return Lookup(None, wait, send_at=send_at, marks=marks, choice=names[int(answer[3])])
 
     async def settle(
         self,
@@ -363,6 +380,10 @@ class FleetState:
         if self._down_since is not None:
             log.info("Redis answers again: shared cache and rate limits are back")
             self._down_since = None
+
+
+def _names(models: str | Sequence[str]) -> tuple[str, ...]:
+    return (models,) if isinstance(models, str) else tuple(models)
 
 
 def _shape(feedback: ProviderFeedback | None, counts: str) -> float:

@@ -20,14 +20,20 @@ class Ticket:
     retry, and tells the fleet about the provider's 429s."""
 
     def __init__(
-        self, fleet: FleetState, model: str, tenant: str, tokens: int, first: Lookup | None
+        self,
+        fleet: FleetState,
+        model: str,
+        tenant: str,
+        tokens: int,
+        first: Lookup | None,
+        waited: float = 0.0,
     ) -> None:
         self._fleet = fleet
         self._model = model
         self._tenant = tenant
         self.tokens = tokens
         self._first: Lookup | None = first
-        self.waited = 0.0  # seconds spent waiting for the limits
+        self.waited = waited  # seconds spent waiting for the limits
         self.marks: tuple[int, ...] = ()  # of the reservation the last attempt went on
         self.send_at: float | None = None  # when it was booked to go (epoch seconds)
 
