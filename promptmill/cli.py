@@ -39,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real-model", action="store_true", help="also serve SmolLM2-135M")
     p.add_argument("--no-sim", action="store_true", help="do not start the simulator")
     p.add_argument(
+        "--sims",
+        type=int,
+        choices=(1, 2, 3),
+        default=1,
+        help="model simulators to run, each with limits, latency and faults of its own; "
+        "with 2 or 3, a model catalog of them is written to the state dir (default: 1)",
+    )
+    p.add_argument(
         "--brokers",
         type=int,
         choices=BROKER_COUNTS,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from promptmill.dev import simulator
-from promptmill.dev.stack import down, status, up
+from promptmill.dev.stack import SIM_NAMES, down, status, up, write_sim_catalog
 from promptmill.dev.stack_file import KafkaInfo
 from promptmill.settings import Settings
 
@@ -13,7 +13,7 @@ from promptmill.settings import Settings
 def dev_up(settings: Settings, args: argparse.Namespace) -> None:
     components = {"kafka", "redis"}
     if not args.no_sim:
-        components.add("model_sim")
+        components.update(SIM_NAMES[: args.sims])
     if args.real_model:
         components.add("model_real")
     secure = True if args.secure else None  # without the flag, a running Kafka stays as it is
@@ -29,6 +29,10 @@ def dev_up(settings: Settings, args: argparse.Namespace) -> None:
             sec = proc.security
             print(f"  {sec.mechanism} user {sec.username}, password in {sec.password_file}")
             print(f"  CA {sec.ca_file}")
+    catalog = write_sim_catalog(settings.state_dir.resolve(), info)
+    if catalog is not None:
+        print(f"model catalog of the simulators: {catalog}")
+        print(f"  use it with PROMPTMILL_MODEL_CATALOG={catalog}")
     print(f"state in {settings.state_dir}; stop with `promptmill dev down`")
 
 

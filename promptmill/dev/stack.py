@@ -99,18 +99,28 @@ def _start_redis(home: Path) -> Started:
     return serve(cmd, home / "redis.log", port, _READY_TIMEOUT_S)
 
 
-def _start_model_sim(home: Path) -> Started:
-    return start_model_sim(home)
+# The simulators of ``dev up --sims N`` beyond the first, as deployments of one model group
+# (see :func:`write_sim_catalog`): each with limits, latency and faults of its own.
+SIM_PROFILES: dict[str, tuple[str, ...]] = {
+    "model_sim": (),
+    "model_sim_2": ("--rpm", "1200", "--latency-ms", "60", "--error-rate", "0.01", "--seed", "2"),
+    "model_sim_3": ("--rpm", "600", "--latency-ms", "120", "--error-rate", "0.05", "--seed", "3"),
+}
+SIM_NAMES = tuple(SIM_PROFILES)
+SIM_CATALOG = "models.yaml"
 
 
-def start_model_sim(home: Path, name: str = "model_sim") -> Started:
-    """A model simulator on a free loopback port, logging to ``home/NAME.log``."""
+def start_model_sim(
+    home: Path, name: str = "model_sim", flags: Iterable[str] = (), port: int | None = None
+) -> Started:
+    """A model simulator on a free loopback port (or ``port``), logging to ``home/NAME.log``."""
     # Run the simulator from this very source tree, installed or not.
     root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    port = free_port()
+    port = port or free_port()
     cmd = [sys.executable, "-m", "promptmill.dev.simulator", "--host", HOST, "--port", str(port)]
+    cmd += flags
     return serve(cmd, home / f"{name}.log", port, _READY_TIMEOUT_S, env)
 
 
@@ -156,8 +166,8 @@ def _start(name: str, home: Path, cache_dir: Path, brokers: int, secure: bool) -
             s = _start_redis(home)
             t = process_start_time(s.pid)
             return RedisInfo(pid=s.pid, start_time=t, log=s.log, url=f"redis://{HOST}:{s.port}/0")
-        case "model_sim":
-            s = _start_model_sim(home)
+        case "model_sim" | "model_sim_2" | "model_sim_3":
+            s = start_model_sim(home, name, SIM_PROFILES[name])
             t = process_start_time(s.pid)
             url = f"http://{HOST}:{s.port}/v1"
             return ModelSimInfo(pid=s.pid, start_time=t, log=s.log, base_url=url)
@@ -168,6 +178,41 @@ def _start(name: str, home: Path, cache_dir: Path, brokers: int, secure: bool) -
             return ModelRealInfo(
                 pid=s.pid, start_time=t, log=s.log, base_url=url, model=MODEL_REAL_ALIAS
             )
+
+
+def write_sim_catalog(state_dir: Path, info: StackInfo) -> Path | None:
+    """A model catalog for the running simulators (with two or more): one group,
+    ``promptmill-sim``, a deployment per simulator at its limits (the third through its
+    Azure-shaped path and the SDK's Azure client, its key in a file); None with fewer."""
+    sims = [s for s in (info.model_sim, info.model_sim_2, info.model_sim_3) if s is not None]
+    path = state_dir / SIM_CATALOG
+    if len(sims) < 2:
+        path.unlink(missing_ok=True)
+        return None
+    key = state_dir / "sim-api-key"
+    key.write_text("sim-key\n")
+    key.chmod(0o600)
+    lines = ["# written by `promptmill dev up --sims N`: the local simulators as one group", ""]
+    lines += ["groups:", "  promptmill-sim:", "    deployments:"]
+    for number, (sim, name) in enumerate(zip(sims, SIM_NAMES, strict=False), start=1):
+        rpm = dict(zip(SIM_PROFILES[name][::2], SIM_PROFILES[name][1::2], strict=True))
+        lines.append(f"      - name: sim-{number}")
+        if number == 3:
+            lines += [
+                "        kind: azure",
+                f"        base_url: {sim.base_url.removesuffix('/v1')}",
+                "        azure_deployment: promptmill-sim",
+                '        api_version: "2024-10-21"',
+                f"        api_key_file: {key}",
+            ]
+        else:
+            lines.append(f"        base_url: {sim.base_url}")
+        if "--rpm" in rpm:
+            lines.append(f"        rpm: {rpm['--rpm']}")
+        lines.append(f"        price_input_per_1m: {0.15 * number:.2f}")
+        lines.append(f"        price_output_per_1m: {0.60 * number:.2f}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def load_stack(state_dir: Path) -> StackInfo | None:
@@ -265,6 +310,7 @@ def down(state_dir: Path) -> list[str]:
             shutil.rmtree(node_data, ignore_errors=True)
         shutil.rmtree(state_dir / "kafka" / SECURE_DIR, ignore_errors=True)
         (state_dir / STACK_FILE).unlink(missing_ok=True)
+        (state_dir / SIM_CATALOG).unlink(missing_ok=True)
     return stopped
 
 

@@ -27,7 +27,7 @@ from promptmill.dev.cluster import KafkaNode, bootstrap_servers, stop_cluster
 from promptmill.dev.processes import STOP_TIMEOUT_S, StackError, runs, stop
 from promptmill.dev.secure import KafkaSecurity
 
-COMPONENTS = ("kafka", "redis", "model_sim", "model_real")
+COMPONENTS = ("kafka", "redis", "model_sim", "model_sim_2", "model_sim_3", "model_real")
 STACK_FILE = "stack.json"
 
 
@@ -131,6 +131,8 @@ class StackInfo(BaseModel):
     kafka: KafkaInfo | None = None
     redis: RedisInfo | None = None
     model_sim: ModelSimInfo | None = None
+    model_sim_2: ModelSimInfo | None = None  # ``dev up --sims 2`` or 3: more deployments
+    model_sim_3: ModelSimInfo | None = None
     model_real: ModelRealInfo | None = None
 
     def components(self) -> dict[str, ProcessInfo]:

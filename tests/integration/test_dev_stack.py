@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,7 +21,16 @@ from promptmill.dev.kafka import (
     render_server_properties,
 )
 from promptmill.dev.processes import is_alive
-from promptmill.dev.stack import STACK_FILE, StackInfo, down, load_stack, status, up
+from promptmill.dev.stack import (
+    SIM_NAMES,
+    STACK_FILE,
+    StackInfo,
+    down,
+    load_stack,
+    status,
+    up,
+    write_sim_catalog,
+)
 
 CACHE = Path(os.environ.get("PROMPTMILL_CACHE_DIR", Path.home() / ".cache" / "promptmill"))
 
@@ -81,3 +94,35 @@ def test_cluster_ids_never_look_like_options() -> None:
     assert len(ids) == 5000
     assert not any(i.startswith("-") for i in ids)
     assert all(len(i) == 22 for i in ids)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_three_simulators_and_their_catalog(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    try:
+        info = up(state, CACHE, SIM_NAMES)
+        catalog = write_sim_catalog(state, info)
+        assert catalog is not None and catalog.is_file()
+        env = dict(os.environ, PROMPTMILL_MODEL_CATALOG=str(catalog))
+        checked = subprocess.run(
+            [sys.executable, "-m", "promptmill", "models", "check"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert checked.returncode == 0, checked.stderr
+        rows = {line.split()[1]: line for line in checked.stdout.splitlines() if line.strip()}
+        assert set(rows) == {"sim-1", "sim-2", "sim-3"} and all(" ok " in r for r in rows.values())
+        # each with its own limits; the third through its Azure-shaped path
+        assert "limit-requests=1200" in rows["sim-2"] and "limit-requests=600" in rows["sim-3"]
+        assert info.model_sim_3 is not None
+        stats_url = info.model_sim_3.base_url.removesuffix("/v1") + "/sim/stats"
+        with urllib.request.urlopen(stats_url, timeout=10) as response:
+            stats = json.loads(response.read())
+        assert stats["azure"] == 1
+    finally:
+        stopped = down(state)
+    assert sorted(stopped) == sorted(SIM_NAMES)
+    assert not catalog.exists()
