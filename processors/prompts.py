@@ -27,7 +27,7 @@ from processors.fleet.ticket import Ticket, estimate_tokens
 from processors.model import ModelCallError, ModelClient, ModelReply
 from processors.pricing import Price, cost_usd
 from processors.prompt_metrics import PromptMetrics
-from processors.routing import FAILOVER_ATTEMPTS, Route, Router, fails_over
+from processors.routing import FAILOVER_ATTEMPTS, Route, Router, Routers, fails_over
 from processors.runtime import InRecord, Outcome
 from processors.runtime.deadletters import About, DeadLetters, job_id_of
 from processors.templates.render import Renderer
@@ -94,11 +94,11 @@ class PromptProcessor:
         config: PromptConfig,
         metrics: PromptMetrics,
         tenants: TenantWatch | None = None,
-        router: Router | None = None,
+        routers: Routers | None = None,
         breakers: Breakers | None = None,
     ) -> None:
         self._tenants = tenants
-        self._router = router
+        self._routers = routers
         self._breakers = breakers
         self._completions = catalog.name(TopicKind.COMPLETIONS)
         self._dead = DeadLetters(catalog.name(TopicKind.FAILURES), Stage.PROMPT)
@@ -116,8 +116,6 @@ class PromptProcessor:
 
     async def start(self) -> None:
         await self._model.start()
-        if self._router is not None:
-            await self._router.start()
         if self._breakers is not None:
             await self._breakers.start()
         if self._tenants is not None:
@@ -128,8 +126,8 @@ class PromptProcessor:
             await self._tenants.stop()
         if self._breakers is not None:
             await self._breakers.stop()
-        if self._router is not None:
-            await self._router.stop()
+        if self._routers is not None:
+            await self._routers.stop()
         await self._model.stop()
 
     async def handle(self, record: InRecord) -> Sequence[Outcome]:
@@ -235,6 +233,7 @@ class PromptProcessor:
                 or params.max_completion_tokens
                 or self._config.completion_estimate
             ),
+            job.catalog_revision,
         )
         cacheable = self._config.cache_enabled and (
             job.cache if job.cache is not None else _deterministic(params)
@@ -250,11 +249,20 @@ class PromptProcessor:
 
     async def _lookup_or_call(self, call: _Call, key: str | None) -> tuple[ModelReply, bool]:
         """The cached answer for ``key``; else the model's, within the fleet's limits (at
-        the deployments of the job's group in order, when the model catalog has it)."""
+        the deployments of the job's group in order, when the model catalog has it: the
+        catalog in force when the call starts, or the revision its batch pinned)."""
+        if self._routers is None:
+            return await self._routed(call, key, None)
+        async with self._routers.use(call.catalog_revision) as router:
+            return await self._routed(call, key, router)
+
+    async def _routed(
+        self, call: _Call, key: str | None, router: Router | None
+    ) -> tuple[ModelReply, bool]:
         is_open = self._breakers.is_open if self._breakers else None
         routes: list[Route | None] = []
-        if self._router is not None:
-            routes += _fitting(call, self._router.order(call.model, is_open))
+        if router is not None:
+            routes += _fitting(call, router.order(call.model, is_open))
         candidates = [r.limit_key for r in Router.candidates([r for r in routes if r], is_open)]
         routes = routes or [None]
         names = candidates or [call.model]
@@ -455,6 +463,7 @@ class _Call:
     request: dict[str, Any]
     prompt_estimate: int
     reserved: int  # prompt estimate + max_tokens (or the completion estimate)
+    catalog_revision: int | None = None  # pinned by the job's batch
 
 
 def _deterministic(params: ModelParams) -> bool:

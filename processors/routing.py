@@ -15,8 +15,11 @@ deployment that answered and those tried before it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +27,11 @@ import openai
 
 from processors.fleet.limits import Limit
 from processors.model import ModelCallError, ModelClient
-from schemas import ErrorCode, Usage
+from schemas import ErrorCode, PromptmillError, Usage
 from schemas.catalog import Catalog, Deployment
+from topics.templates import TemplateStore
+
+log = logging.getLogger(__name__)
 
 FAILOVER_ATTEMPTS = 2  # attempts at a deployment when another one can take the call
 
@@ -162,6 +168,101 @@ class Router:
         for routes in self._routes.values():
             for route in routes:
                 await route.client.stop()
+
+
+class UnknownCatalogRevision(PromptmillError):
+    code = ErrorCode.MODEL_ERROR
+
+
+class Routers:
+    """The router of the model catalog in force, kept current without a restart.
+
+    The catalog in force is the newest revision on the templates topic (``models push``),
+    else the ``PROMPTMILL_MODEL_CATALOG`` file, else none (the one default endpoint). A job
+    asks :meth:`use` for it, or for the revision its batch pinned, and keeps that router
+    until its call is done, so a job in flight when a revision lands finishes where it
+    started and the next job routes by the new one. A router is built (and its clients
+    opened) on first use; past ``keep`` of them, those not in force and not in use are
+    closed. ``on_new`` hears of each router built (its limits and breakers join the
+    fleet's).
+    """
+
+    def __init__(
+        self,
+        store: TemplateStore,
+        file_catalog: Catalog | None,
+        make_client: Callable[[Deployment], ModelClient],
+        on_new: Callable[[Router], None] = lambda router: None,
+        keep: int = 4,
+    ) -> None:
+        self._store = store
+        self._file = file_catalog
+        self._make_client = make_client
+        self._on_new = on_new
+        self._keep = keep
+        self._built: dict[int, Router] = {}  # by revision; 0 is the file's
+        self._uses: dict[int, int] = {}
+        self._lock = asyncio.Lock()
+        self.in_force: int | None = None  # the revision of the last router handed out as newest
+
+    @contextlib.asynccontextmanager
+    async def use(self, revision: int | None = None) -> AsyncIterator[Router | None]:
+        """The router of ``revision`` (None: of the catalog in force; None if none)."""
+        wanted = self._wanted(revision)
+        if wanted is None:
+            yield None
+            return
+        number, catalog = wanted
+        router = self._built.get(number) or await self._build(number, catalog)
+        if revision is None and number != self.in_force:
+            log.info("model catalog %s in force", _describe(number))
+            self.in_force = number
+        self._uses[number] = self._uses.get(number, 0) + 1
+        try:
+            yield router
+        finally:
+            self._uses[number] -= 1
+            await self._close_spare()
+
+    def _wanted(self, revision: int | None) -> tuple[int, Catalog] | None:
+        if revision is not None:
+            pinned = self._store.catalog(revision)
+            if pinned is None:
+                raise UnknownCatalogRevision(
+                    f"the batch pinned model catalog revision {revision}, which the templates "
+                    "topic does not hold"
+                )
+            return revision, pinned[1]
+        newest = self._store.catalog()
+        if newest is not None:
+            return newest[0].revision, newest[1]
+        return (0, self._file) if self._file is not None else None
+
+    async def _build(self, number: int, catalog: Catalog) -> Router:
+        async with self._lock:
+            router = self._built.get(number)
+            if router is None:
+                router = Router(catalog, self._make_client)
+                await router.start()
+                self._on_new(router)
+                self._built[number] = router
+            return router
+
+    async def _close_spare(self) -> None:
+        spare = [n for n in sorted(self._built) if n != self.in_force and not self._uses.get(n, 0)]
+        for number in spare[: max(0, len(self._built) - self._keep)]:
+            router = self._built.pop(number)
+            self._uses.pop(number, None)
+            await router.stop()
+
+    async def stop(self) -> None:
+        for router in self._built.values():
+            await router.stop()
+        self._built.clear()
+
+
+def _describe(number: int) -> str:
+    return f"revision {number} (templates topic)" if number else "file (PROMPTMILL_MODEL_CATALOG)"
 
 
 def client_for(deployment: Deployment) -> openai.AsyncOpenAI:

@@ -29,6 +29,7 @@ from schemas import (
     ErrorCode,
     Failure,
     PromptJob,
+    PromptmillError,
     SourcePosition,
     encode,
 )
@@ -108,9 +109,12 @@ class Client:
         fmt: InputFormat = InputFormat.AUTO,
         rerun: bool = False,
         on_progress: Progress | None = None,
+        pin_models: bool = False,
     ) -> SubmitReport:
         """Submit every line of ``path`` as one batch. A batch id that is taken raises
-        :class:`~topics.batch_index.BatchExists`, unless ``rerun`` (a fresh run of it)."""
+        :class:`~topics.batch_index.BatchExists`, unless ``rerun`` (a fresh run of it).
+        ``pin_models``: its jobs route by the model catalog's newest revision now, whatever
+        is pushed while they run."""
         batch_id = batch_id or new_batch_id()
         if fmt is InputFormat.AUTO:
             fmt = detect_format(path)
@@ -133,6 +137,7 @@ class Client:
             source=str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
             input_format=fmt,
             on_progress=on_progress,
+            pin_models=pin_models,
         )
 
     async def submit_items(
@@ -145,6 +150,7 @@ class Client:
         source: str | None = None,
         input_format: InputFormat = InputFormat.PROMPTMILL,
         on_progress: Progress | None = None,
+        pin_models: bool = False,
     ) -> SubmitReport:
         """Submit already-parsed jobs (and line errors) as run ``run`` of batch
         ``batch_id`` (``None``: claim the id as a new batch; the jobs must carry the run)."""
@@ -156,6 +162,7 @@ class Client:
         topic = self._catalog.name(TopicKind.TEMPLATES)
         async with TemplateRegistry(self._conn, topic, follow=False) as registry:
             store = registry.store
+        pinned = _catalog_revision(store) if pin_models else None
         report = SubmitReport(
             BatchManifest(
                 batch_id=batch_id,
@@ -170,6 +177,7 @@ class Client:
                 invalid=0,
                 started_at=started,
                 submitted_at=started,
+                catalog_revision=pinned,
             )
         )
         pending: list[Any] = []
@@ -179,6 +187,8 @@ class Client:
             value = b""
             if isinstance(item, PromptJob):
                 _pin_template(item, store, manifest.templates)
+                if item.catalog_revision is None:
+                    item.catalog_revision = pinned
                 value = encode(item)
             if isinstance(item, PromptJob) and len(value) > limit:
                 item = LineError.of(
@@ -268,6 +278,17 @@ def _pin_template(job: PromptJob, store: TemplateStore, used: dict[str, int]) ->
     except UnknownTemplate:
         return  # the worker dead-letters it with the reason
     used[str(TemplateRefKey(ref.name, ref.label))] = job.template_version
+
+
+def _catalog_revision(store: TemplateStore) -> int:
+    """The model catalog's newest revision, for a batch that pins it."""
+    newest = store.catalog()
+    if newest is None:
+        raise PromptmillError(
+            "--pin-models: the templates topic holds no model catalog revision "
+            "(publish one with `promptmill models push FILE`)"
+        )
+    return newest[0].revision
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,9 @@ from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 from jinja2 import TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
-from schemas import LabelRecord, Template, encode
+from schemas import CatalogRevision, LabelRecord, Template, encode
 from schemas.audit import Actor, AuditAction, AuditEvent
+from schemas.catalog import parse_catalog
 from schemas.templates import TemplateBody
 from schemas.yaml_files import YamlFileError, line_of, load_yaml, validate_yaml
 from topics import KafkaConnection, TopicCatalog, TopicKind
@@ -89,8 +90,8 @@ async def push_templates(
     :func:`_transaction`.
     """
 
-    def plan(store: TemplateStore) -> tuple[list[Template | LabelRecord], list[str]]:
-        records: list[Template | LabelRecord] = []
+    def plan(store: TemplateStore) -> tuple[list[Record], list[str]]:
+        records: list[Record] = []
         actions = []
         for item in files:
             body, name = item.body, item.body.name
@@ -121,11 +122,42 @@ async def move_label(
 ) -> None:
     """Point ``name@label`` at an existing ``version`` (a rollback is just this)."""
 
-    def plan(store: TemplateStore) -> tuple[list[Template | LabelRecord], list[str]]:
+    def plan(store: TemplateStore) -> tuple[list[Record], list[str]]:
         store.resolve(f"{name}@{version}")  # raises UnknownTemplate naming what is missing
         return [LabelRecord(name=name, label=label, version=version)], []
 
     await _transaction(conn, catalog, plan, actor)
+
+
+def read_catalog_file(path: Path) -> str:
+    """A model catalog file's text, validated: errors name file, line and field."""
+    try:
+        source = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise YamlFileError(f"{path}: cannot read a model catalog: {exc.strerror}") from None
+    parse_catalog(source, str(path))
+    return source
+
+
+async def push_catalog(
+    conn: KafkaConnection, catalog: TopicCatalog, source: str, origin: str, actor: Actor
+) -> list[str]:
+    """Publish a model catalog (``source``, from file ``origin``, see
+    :func:`read_catalog_file`) as its next revision, unless the newest one has the same
+    text; every worker switches to it within a poll of the topic."""
+    digest = CatalogRevision.hash_of(source)
+
+    def plan(store: TemplateStore) -> tuple[list[Record], list[str]]:
+        newest = store.catalog()
+        if newest is not None and newest[0].content_hash == digest:
+            return [], [f"model catalog: unchanged (revision {newest[0].revision})"]
+        revision = newest[0].revision + 1 if newest else 1
+        record = CatalogRevision(
+            revision=revision, source=source, origin=origin, content_hash=digest
+        )
+        return [record], [f"model catalog: published revision {revision}"]
+
+    return await _transaction(conn, catalog, plan, actor)
 
 
 def _retrieve(producer: Any, sent: list[asyncio.Future[Any]]) -> None:
@@ -139,13 +171,25 @@ def _retrieve(producer: Any, sent: list[asyncio.Future[Any]]) -> None:
             future.exception()
 
 
-Plan = Callable[[TemplateStore], tuple[list[Template | LabelRecord], list[str]]]
+Record = Template | LabelRecord | CatalogRevision
+Plan = Callable[[TemplateStore], tuple[list[Record], list[str]]]
 
 
-def _audit(actor: Actor, record: Template | LabelRecord, store: TemplateStore) -> AuditEvent:
+def _audit(actor: Actor, record: Record, store: TemplateStore) -> AuditEvent:
     """The audit event of one record of a push (a label move names the version it left)."""
+    if isinstance(record, CatalogRevision):
+        newest = store.catalog()
+        details: dict[str, Any] = {
+            "revision": record.revision,
+            "from_revision": newest[0].revision if newest else None,
+            "content_hash": record.content_hash,
+            "origin": record.origin,
+        }
+        return AuditEvent(
+            actor=actor, action=AuditAction.CATALOG_PUSHED, target="models", details=details
+        )
     if isinstance(record, Template):
-        details: dict[str, Any] = {"version": record.version, "content_hash": record.content_hash}
+        details = {"version": record.version, "content_hash": record.content_hash}
         return AuditEvent(
             actor=actor, action=AuditAction.TEMPLATE_PUSHED, target=record.name, details=details
         )

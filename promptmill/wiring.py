@@ -27,7 +27,7 @@ from processors.prompt_metrics import PromptMetrics
 from processors.prompts import PromptConfig, PromptProcessor
 from processors.reporting import ReportingConfig, ReportingProcessor
 from processors.retry import Backoff
-from processors.routing import Router, client_for
+from processors.routing import Router, Routers, client_for
 from processors.runtime import Processor
 from processors.templates.pool import PoolConfig, RenderPool
 from processors.templates.render import Renderer
@@ -41,7 +41,7 @@ from topics.keys import KeyStore
 from topics.metrics import Registry
 from topics.objects import Objects
 from topics.redis import RedisClient
-from topics.templates import TemplateRegistry
+from topics.templates import TemplateRegistry, TemplateStore
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +86,8 @@ async def build(
         guard=guard,
         **_retry_options(settings),
     )
-    router = _router(settings)
     limits = LimitTable(
-        (router.limits() if router else {}) | settings.model_limits,
-        settings.tenant_limits,
-        settings.rate_limit_burst_seconds,
+        dict(settings.model_limits), settings.tenant_limits, settings.rate_limit_burst_seconds
     )
     fleet = _fleet(settings, shared, limits)
     if name == "moderation":
@@ -107,6 +104,7 @@ async def build(
         )
         return Built(moderation, guard)
     registry = await _templates(settings, resources, metrics)
+    breakers = _breakers(settings, shared, metrics)
     prompts = PromptProcessor(
         catalog,
         registry.store,
@@ -125,22 +123,21 @@ async def build(
         ),
         PromptMetrics(metrics),
         _tenant_watch(settings, shared, limits, metrics),
-        router,
-        _breakers(settings, shared, router, metrics),
+        _routers(settings, registry.store, limits, breakers),
+        breakers,
     )
     return Built(prompts, guard)
 
 
-def _breakers(
-    settings: Settings, redis: RedisClient | None, router: Router | None, metrics: Registry
-) -> Breakers | None:
-    """The catalog deployments' shared circuit breakers (they need Redis and a catalog)."""
-    if redis is None or router is None:
+def _breakers(settings: Settings, redis: RedisClient | None, metrics: Registry) -> Breakers | None:
+    """The catalog deployments' shared circuit breakers (they need Redis); each catalog
+    revision's deployments join them as it comes into use."""
+    if redis is None:
         return None
     return Breakers(
         redis,
         settings.redis_key_prefix,
-        router.names(),
+        (),
         metrics,
         failures=settings.breaker_failures,
         window=settings.breaker_window_seconds,
@@ -156,11 +153,13 @@ def _retry_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _router(settings: Settings) -> Router | None:
-    """The model catalog's router (``PROMPTMILL_MODEL_CATALOG``), if there is a catalog."""
-    if settings.model_catalog is None:
-        return None
-    catalog = load_catalog(settings.model_catalog)
+def _routers(
+    settings: Settings, store: TemplateStore, limits: LimitTable, breakers: Breakers | None
+) -> Routers:
+    """The routers of the model catalog in force: the newest revision on the templates
+    topic, else the ``PROMPTMILL_MODEL_CATALOG`` file; each new one's deployments join the
+    fleet's limits (a ``PROMPTMILL_MODEL_LIMITS`` entry still wins) and breakers."""
+    file_catalog = load_catalog(settings.model_catalog) if settings.model_catalog else None
 
     def client(deployment: Deployment) -> ModelClient:
         return ModelClient(
@@ -171,7 +170,13 @@ def _router(settings: Settings) -> Router | None:
             **_retry_options(settings),
         )
 
-    return Router(catalog, client)
+    def joined(router: Router) -> None:
+        fresh = router.limits()
+        limits.models.update({k: v for k, v in fresh.items() if k not in settings.model_limits})
+        if breakers is not None:
+            breakers.watch(router.names())
+
+    return Routers(store, file_catalog, client, joined)
 
 
 def _tenant_watch(

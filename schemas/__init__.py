@@ -13,11 +13,12 @@ from schemas.jobs import ChatMessage, PromptJob, TemplateRef
 from schemas.moderation import Verdict
 from schemas.reports import WindowReport
 from schemas.results import Completion, Failure, SourcePosition, Stage, TerminalRecord, Usage
-from schemas.templates import LabelRecord, Template
+from schemas.templates import CatalogRevision, LabelRecord, Template
 
 __all__ = [
     "BatchDone",
     "BatchManifest",
+    "CatalogRevision",
     "ChatMessage",
     "Completion",
     "ErrorCode",

@@ -17,6 +17,7 @@ class AuditAction(StrEnum):
     KEY_REVOKED = "key.revoked"
     TEMPLATE_PUSHED = "template.pushed"
     LABEL_MOVED = "label.moved"
+    CATALOG_PUSHED = "catalog.pushed"  # a new revision of the model catalog
     BATCH_CREATED = "batch.created"
     BATCH_CANCELLED = "batch.cancelled"
     FILE_DELETED = "file.deleted"

@@ -29,6 +29,7 @@ class BatchManifest(BaseModel):
     submitted: int = Field(ge=0)
     invalid: int = Field(ge=0)
     templates: dict[str, int] = Field(default_factory=dict)
+    catalog_revision: int | None = None  # the model catalog revision pinned (--pin-models)
     started_at: datetime
     submitted_at: datetime
 

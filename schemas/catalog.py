@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas.yaml_files import YamlFileError, load_yaml, validate_yaml
+from schemas.yaml_files import YamlFileError, load_yaml, parse_yaml, validate_yaml
 
 SECRET_HEADERS = {"authorization", "api-key", "x-api-key", "openai-api-key"}
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
@@ -169,6 +169,12 @@ def load_catalog(path: Path) -> Catalog:
     """The catalog in ``path``; errors name file, line and field."""
     node, data = load_yaml(path, "a model catalog")
     return validate_yaml(path, node, data, Catalog)
+
+
+def parse_catalog(text: str, origin: str) -> Catalog:
+    """The catalog in ``text`` (a file's contents, as pushed); errors name ``origin``."""
+    node, data = parse_yaml(text, origin, "a model catalog")
+    return validate_yaml(origin, node, data, Catalog)
 
 
 def single_endpoint(base_url: str, model: str, key_env: str | None) -> Catalog:

@@ -126,6 +126,8 @@ class PromptJob(BaseModel):
     custom_id: str | None = Field(default=None, max_length=512)
     template: str | None = Field(default=None, max_length=300)
     template_version: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    # the model catalog revision pinned at submit (``submit --pin-models``); None: the newest
+    catalog_revision: int | None = Field(default=None, ge=1, le=INT32_MAX)
     variables: JsonObject = Field(default_factory=dict)
     messages: list[ChatMessage] | None = None
     model: str | None = Field(default=None, min_length=1, max_length=256)

@@ -2,7 +2,8 @@
 
 Both live on the compacted templates topic: a version is immutable and keyed
 ``version:<name>:<n>``; a label (``production``, ``staging``) is keyed
-``label:<name>:<label>`` and its latest record wins.
+``label:<name>:<label>`` and its latest record wins. The model catalog's revisions live
+there too, keyed ``catalog:models:<n>``: the workers follow them like labels.
 """
 
 from __future__ import annotations
@@ -68,6 +69,34 @@ class LabelRecord(BaseModel):
     @property
     def key(self) -> str:
         return label_key(self.name, self.label)
+
+
+class CatalogRevision(BaseModel):
+    """One revision of the model catalog (:mod:`schemas.catalog`), as pushed to the
+    templates topic by ``promptmill models push``: every worker follows the newest, and a
+    batch may pin one at submit. Immutable, keyed ``catalog:models:<revision>``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["catalog"] = "catalog"
+    schema_version: Literal[1] = 1
+    revision: int = Field(ge=1)
+    source: str = Field(max_length=1_000_000)  # the catalog file's text (keys by reference)
+    origin: str = Field(max_length=1000)  # the file it was pushed from
+    content_hash: str
+    created_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def key(self) -> str:
+        return catalog_key(self.revision)
+
+    @staticmethod
+    def hash_of(source: str) -> str:
+        return hashlib.sha256(source.encode("utf-8")).hexdigest()
+
+
+def catalog_key(revision: int) -> str:
+    return f"catalog:models:{revision}"
 
 
 def version_key(name: str, version: int) -> str:

@@ -23,19 +23,25 @@ def load_yaml(path: Path, what: str) -> tuple[Any, dict[str, Any]]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise YamlFileError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    return parse_yaml(text, path, what)
+
+
+def parse_yaml(text: str, origin: Path | str, what: str) -> tuple[Any, dict[str, Any]]:
+    """:func:`load_yaml` of ``text`` that came from ``origin`` (named in errors)."""
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise YamlFileError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        problem = getattr(exc, "problem", exc)
+        raise YamlFileError(f"{origin}{line}: invalid YAML: {problem}") from None
     if not isinstance(data, dict):
-        raise YamlFileError(f"{path}:1: {what} must be a YAML mapping")
+        raise YamlFileError(f"{origin}:1: {what} must be a YAML mapping")
     return node, data
 
 
-def validate_yaml(path: Path, node: Any, data: dict[str, Any], model: type[M]) -> M:
+def validate_yaml(path: Path | str, node: Any, data: dict[str, Any], model: type[M]) -> M:
     """``data`` as ``model``; the first error as ``file:line: field F: message``."""
     try:
         return model.model_validate(data)

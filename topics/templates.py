@@ -3,7 +3,8 @@
 Both sides need it: workers render the version a job names, and producers pin labels to
 versions at submit time and pick the next version number at push. The compacted topic
 holds immutable versions keyed ``version:<name>:<n>`` and labels keyed
-``label:<name>:<label>`` (see :mod:`schemas.templates`).
+``label:<name>:<label>`` (see :mod:`schemas.templates`), and the model catalog's
+revisions keyed ``catalog:models:<n>``.
 
 :class:`TemplateStore` is fed records in topic order and answers
 ``resolve("summarize@production")``. Anything on the topic that is not a valid record --
@@ -28,7 +29,17 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
-from schemas import ErrorCode, LabelRecord, PromptmillError, Template, TemplateRef, decode
+from schemas import (
+    CatalogRevision,
+    ErrorCode,
+    LabelRecord,
+    PromptmillError,
+    Template,
+    TemplateRef,
+    decode,
+)
+from schemas.catalog import Catalog, parse_catalog
+from schemas.yaml_files import YamlFileError
 from topics.connection import KafkaConnection
 from topics.partitions import read_to_end, topic_partitions
 
@@ -45,6 +56,7 @@ class TemplateStore:
     def __init__(self) -> None:
         self._versions: dict[str, dict[int, Template]] = {}
         self._labels: dict[str, dict[str, int]] = {}
+        self._catalogs: dict[int, tuple[CatalogRevision, Catalog]] = {}
         self.skipped = 0  # records that were not valid templates-topic records
 
     def apply(self, key: bytes | None, value: bytes | None) -> bool:
@@ -56,6 +68,8 @@ class TemplateStore:
             return self._skip(key, "the key is not UTF-8")
         kind, _, rest = text.partition(":")
         name, _, selector = rest.partition(":")
+        if kind == "catalog" and name == "models" and selector.isdigit():
+            return self._apply_catalog(key, text, int(selector), value)
         if kind not in ("label", "version") or not name or not selector:
             return self._skip(key, "the key is not version:<name>:<n> or label:<name>:<label>")
         if value is None:
@@ -79,6 +93,34 @@ class TemplateStore:
             return self._skip(key, "content_hash does not match the content")
         self._versions.setdefault(record.name, {})[record.version] = record
         return True
+
+    def _apply_catalog(
+        self, key: bytes | None, text: str, revision: int, value: bytes | None
+    ) -> bool:
+        if value is None:
+            self._catalogs.pop(revision, None)
+            return True
+        try:
+            record = decode(value, CatalogRevision)
+        except ValidationError as exc:
+            return self._skip(key, str(exc.errors()[0]["msg"]))
+        if record.key != text:
+            return self._skip(key, f"the value is {record.key}, not what the key says")
+        if CatalogRevision.hash_of(record.source) != record.content_hash:
+            return self._skip(key, "content_hash does not match the catalog")
+        try:
+            catalog = parse_catalog(record.source, f"{record.origin} (revision {revision})")
+        except YamlFileError as exc:
+            return self._skip(key, str(exc))
+        self._catalogs[revision] = (record, catalog)
+        return True
+
+    def catalog(self, revision: int | None = None) -> tuple[CatalogRevision, Catalog] | None:
+        """The model catalog's newest revision (or ``revision``), parsed; None if the topic
+        has none (or not that one)."""
+        if revision is None:
+            revision = max(self._catalogs, default=0)
+        return self._catalogs.get(revision)
 
     def _skip(self, key: bytes | None, reason: str) -> bool:
         self.skipped += 1

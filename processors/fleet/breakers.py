@@ -56,7 +56,7 @@ class Breakers(Follower):
         super().__init__(poll)
         self._redis = redis
         self._prefix = prefix
-        self._names = sorted(set(names))
+        self._names: list[str] = []
         self._failures, self._window, self._cooldown = failures, window, cooldown
         self._trip = LuaScript(redis, TRIP)
         self._open_until: dict[str, float] = {}
@@ -70,7 +70,12 @@ class Breakers(Follower):
             "Times this worker's failures opened a deployment's breaker.",
             ("deployment",),
         )
-        for name in self._names:
+        self.watch(names)
+
+    def watch(self, names: Iterable[str]) -> None:
+        """Follow these deployments' breakers too (a new catalog revision's)."""
+        for name in sorted(set(names) - set(self._names)):
+            self._names.append(name)
             self._open_gauge.set(0, deployment=name)
 
     def is_open(self, name: str) -> bool:
@@ -98,12 +103,15 @@ class Breakers(Follower):
 
     async def refresh(self) -> None:
         """One look at every breaker (one round trip)."""
+        names = list(self._names)  # more may join while it waits
+        if not names:
+            return
         async with self._redis.pipeline(transaction=False) as pipe:
-            for name in self._names:
+            for name in names:
                 pipe.pttl(self._key(name, "open"))
             ttls = await pipe.execute()
         now = time.time()
-        for name, ttl in zip(self._names, ttls, strict=True):
+        for name, ttl in zip(names, ttls, strict=True):
             self._mark(name, now + ttl / 1000 if ttl and ttl > 0 else 0.0)
 
     def _mark(self, name: str, until: float) -> None:

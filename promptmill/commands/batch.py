@@ -55,6 +55,12 @@ def add_submit_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="submit a batch id that already exists again, as a new run (its own counts)",
     )
+    parser.add_argument(
+        "--pin-models",
+        action="store_true",
+        help="route every job by the model catalog revision in force now (`models push`), "
+        "not by one pushed while the batch runs",
+    )
 
 
 def add_output_options(parser: argparse.ArgumentParser, *aliases: str) -> None:
@@ -90,6 +96,7 @@ async def submit(settings: Settings, args: argparse.Namespace) -> SubmitReport:
             fmt=InputFormat(args.input_format),
             rerun=args.rerun,
             on_progress=progress.update,
+            pin_models=args.pin_models,
         )
     progress.finish()
     for error in report.errors[:MAX_ERRORS_SHOWN]:
