@@ -23,14 +23,14 @@ from topics.redis import REDIS_ERRORS, LuaScript, RedisClient
 log = logging.getLogger(__name__)
 
 # KEYS: failures counter, open flag; ARGV: window_ms, failures, cooldown_ms.
-# Returns 1 when this failure opened the breaker.
+# Returns 1 when this failure opened the breaker (not when it was open already: the calls
+# in flight when it opened fail too, and neither extend the cooldown nor count as openings).
 TRIP = """
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 if n >= tonumber(ARGV[2]) then
   redis.call('DEL', KEYS[1])
-  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
-  return 1
+  if redis.call('SET', KEYS[2], '1', 'PX', ARGV[3], 'NX') then return 1 end
 end
 return 0
 """
