@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from bench import front_door, provider, scenarios
+from bench import front_door, provider, routing, scenarios
 from promptmill.dev.harness import Endpoints
 from promptmill.dev.stack import down, up
 
@@ -46,6 +46,9 @@ async def measure(
         return rows, raw
     if only == "provider":
         await _provider(endpoints, workdir, scale, rows, raw)
+        return rows, raw
+    if only == "routing":
+        await _routing(endpoints, workdir, scale, rows, raw)
         return rows, raw
     for workers in (1, 2, 4):
         result = await scenarios.goodput(
@@ -139,6 +142,7 @@ async def measure(
             )
     await _front_door(endpoints, workdir, scale, rows, raw)
     await _provider(endpoints, workdir, scale, rows, raw)
+    await _routing(endpoints, workdir, scale, rows, raw)
     result = await scenarios.render_paths(int(5000 * scale))
     raw["render_paths"] = result
     rows.append(
@@ -257,6 +261,44 @@ async def _provider(
     )
 
 
+async def _routing(
+    endpoints: Endpoints, workdir: Path, scale: float, rows: list[Row], raw: dict[str, Any]
+) -> None:
+    """A model group of 600, 1,200 and 2,400 RPM deployments, 2 workers: goodput against
+    the sum, and with the 2,400 RPM one killed half-way (its timeline goes below the table)."""
+    count = int(4200 * scale)  # ~60 s at the sum
+    result = await routing.group(endpoints, workdir, count, kill=False)
+    raw["routing_group"] = result
+    split = " / ".join(f"{n:,}" for n in result["per_deployment"].values())
+    rows.append(
+        Row(
+            f"model group of 600 + 1,200 + 2,400 RPM deployments (4,200), {count:,} jobs, "
+            "300 ms, 2 workers: goodput / sum",
+            f"{result['goodput_ratio']:.3f}, 429s {result['share_429']:.2%}; "
+            f"completions by deployment {split}",
+            ">= 0.95, <= 0.5%",
+            result["goodput_ratio"] >= 0.95 and result["share_429"] <= 0.005,
+        )
+    )
+    result = await routing.group(endpoints, workdir, count, kill=True)
+    result["timeline"] = routing.timeline(result)
+    raw["routing_failover"] = result
+    rows.append(
+        Row(
+            "the same, the 2,400 RPM deployment kill -9-ed half-way: back at >= 95% of the "
+            "1,800 RPM left (3 s window); goodput / 1,800 after; failed; completions with "
+            "a fallback",
+            f"{result['recovered_s']:.0f} s; {result['goodput_after_ratio']:.3f}; "
+            f"{result['failed']} failed; {result['with_fallback']} with a fallback "
+            f"(429s {result['share_429']:.2%})",
+            ">= 0.95 of 1,800 within 10 s; 0 failed",
+            result["recovered_s"] <= 10
+            and result["goodput_after_ratio"] >= 0.95
+            and result["failed"] == 0,
+        )
+    )
+
+
 def _kept(result: dict[str, Any]) -> dict[str, Any]:
     """A scenario's figures for the JSON file (without its per-job times)."""
     return {k: v for k, v in result.items() if k != "done"}
@@ -298,9 +340,14 @@ def render(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller runs (noisier)")
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     parser.add_argument(
-        "--only", choices=["front_door", "provider"], help="run only these scenarios"
+        "--json",
+        type=Path,
+        default=None,
+        help="where the figures go (default: bench/results/latest.json, or NAME.json with --only)",
+    )
+    parser.add_argument(
+        "--only", choices=["front_door", "provider", "routing"], help="run only these scenarios"
     )
     args = parser.parse_args(argv)
     state = ROOT / ".promptmill" / "bench"
@@ -317,12 +364,16 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         down(state)
     table = render(rows)
+    notes = [line for v in raw.values() if isinstance(v, dict) for line in v.get("timeline", ())]
     print(
-        f"\n{table}\n\n{platform.node()}: {os.cpu_count()} cores, Python "
+        f"\n{table}\n"
+        + "".join(f"\n{line}" for line in notes)
+        + f"\n\n{platform.node()}: {os.cpu_count()} cores, Python "
         f"{platform.python_version()}; {time.monotonic() - started:.0f} s; command: {COMMAND}"
     )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_bytes(
+    out = args.json or ROOT / "bench" / "results" / f"{args.only or 'latest'}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(
         orjson.dumps(
             {"rows": [r.__dict__ for r in rows], "raw": raw, "command": COMMAND},
             option=orjson.OPT_INDENT_2,
