@@ -211,6 +211,7 @@ class PromptProcessor:
             attempts=reply.attempts if not cached else 0,
             response_id=reply.response_id,
             metadata=job.metadata,
+            group=model if reply.deployment and not cached else None,
             deployment=reply.deployment if not cached else None,
             fallbacks=list(reply.fallbacks) if not cached else [],
         )

@@ -1,4 +1,5 @@
-"""The reporting processor: windowed usage totals per tenant x template@version x model.
+"""The reporting processor: windowed usage totals per tenant x template@version x model
+(x the catalog's group and deployment, for routed completions).
 
 It consumes the completions and failures topics on the shared runtime and keeps its state
 in Redis, where one script per record does everything that must not be split by a crash:
@@ -51,27 +52,30 @@ from topics.redis import REDIS_ERRORS, LuaScript, RedisClient, tagged
 log = logging.getLogger(__name__)
 
 # KEYS: the batch's job-id set, the window hash, the dirty set.
-# ARGV: job id, window key, TTL, tenant, template, model, window start, window seconds,
-# kind, then per kind -- completion: cached, prompt tokens, completion tokens, cost,
-# latency bucket (-1: none) | failure: code. Returns 1 if counted, 0 if seen before.
+# ARGV: job id, window key, TTL, tenant, template, model, group, deployment, window start,
+# window seconds, kind, then per kind -- completion: cached, prompt tokens, completion
+# tokens, cost, latency bucket (-1: none) | failure: code. Returns 1 if counted, 0 if seen
+# before.
 COUNT = """
 if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
 local w = KEYS[2]
 redis.call('HSETNX', w, 'tenant', ARGV[4])
 redis.call('HSETNX', w, 'template', ARGV[5])
 redis.call('HSETNX', w, 'model', ARGV[6])
-redis.call('HSETNX', w, 'window_start', ARGV[7])
-redis.call('HSETNX', w, 'window_seconds', ARGV[8])
+redis.call('HSETNX', w, 'group', ARGV[7])
+redis.call('HSETNX', w, 'deployment', ARGV[8])
+redis.call('HSETNX', w, 'window_start', ARGV[9])
+redis.call('HSETNX', w, 'window_seconds', ARGV[10])
 redis.call('HINCRBY', w, 'requests', 1)
-if ARGV[9] == 'completion' then
+if ARGV[11] == 'completion' then
   redis.call('HINCRBY', w, 'completions', 1)
-  redis.call('HINCRBY', w, 'cache_hits', ARGV[10])
-  redis.call('HINCRBY', w, 'prompt_tokens', ARGV[11])
-  redis.call('HINCRBY', w, 'completion_tokens', ARGV[12])
-  redis.call('HINCRBYFLOAT', w, 'cost_usd', ARGV[13])
-  if ARGV[14] ~= '-1' then redis.call('HINCRBY', w, 'lat:' .. ARGV[14], 1) end
+  redis.call('HINCRBY', w, 'cache_hits', ARGV[12])
+  redis.call('HINCRBY', w, 'prompt_tokens', ARGV[13])
+  redis.call('HINCRBY', w, 'completion_tokens', ARGV[14])
+  redis.call('HINCRBYFLOAT', w, 'cost_usd', ARGV[15])
+  if ARGV[16] ~= '-1' then redis.call('HINCRBY', w, 'lat:' .. ARGV[16], 1) end
 else
-  redis.call('HINCRBY', w, 'failed:' .. ARGV[10], 1)
+  redis.call('HINCRBY', w, 'failed:' .. ARGV[12], 1)
 end
 local revision = redis.call('HINCRBY', w, 'revision', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -254,7 +258,7 @@ class ReportingProcessor:
 
 def _count_args(
     value: bytes | None, window_seconds: int
-) -> tuple[str, str, datetime, tuple[str, str, str], list[Any]] | None:
+) -> tuple[str, str, datetime, tuple[str, str, str, str, str], list[Any]] | None:
     """(batch id, job id, window start, dimensions, kind arguments) of a terminal record."""
     try:
         record = terminal_record(orjson.loads(value or b""))
@@ -273,6 +277,8 @@ def _count_args(
             record.tenant,
             template_label(record.template, record.template_version),
             record.model,
+            record.group or NONE,
+            record.deployment or NONE,
         )
         start = _window(record.created_at, window_seconds)
         return record.batch_id, record.job_id, start, dims, tail
@@ -281,6 +287,8 @@ def _count_args(
             record.tenant or NONE,
             template_label(record.template, record.template_version),
             record.model or NONE,
+            NONE,
+            NONE,
         )
         start = _window(record.failed_at, window_seconds)
         return record.batch_id or NONE, record.job_id, start, dims, ["failure", record.code.value]
@@ -304,6 +312,8 @@ def window_report(snapshot: dict[bytes, bytes]) -> WindowReport:
         tenant=fields["tenant"],
         template=fields["template"],
         model=fields["model"],
+        group=fields.get("group", NONE),
+        deployment=fields.get("deployment", NONE),
         revision=int(fields["revision"]),
         requests=int(fields.get("requests", 0)),
         completions=int(fields.get("completions", 0)),

@@ -24,7 +24,7 @@ from schemas.reports import merge_histograms, percentile
 from topics import KafkaConnection, TopicCatalog, TopicKind
 from topics.partitions import read_to_end, topic_partitions
 
-DIMENSIONS = ("tenant", "template", "model")
+DIMENSIONS = ("tenant", "template", "model", "group", "deployment")
 SKEW = timedelta(minutes=5)  # report records are stamped after their window starts
 
 

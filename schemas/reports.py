@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -77,6 +77,8 @@ class WindowReport(BaseModel):
     tenant: str
     template: str  # "name@version", or "-" for raw-message jobs
     model: str  # "-" when a failure happened before a model was known
+    group: str = "-"  # the model catalog group of routed completions ("-": not routed)
+    deployment: str = "-"  # the catalog deployment that answered ("-": not routed)
     revision: int = Field(ge=0)
     requests: int = 0  # distinct jobs that ended in this window: completions + failures
     completions: int = 0
@@ -92,9 +94,22 @@ class WindowReport(BaseModel):
 
     @property
     def key(self) -> str:
-        return window_key(self.window_start, self.tenant, self.template, self.model)
+        return window_key(
+            self.window_start, self.tenant, self.template, self.model, self.group, self.deployment
+        )
 
 
-def window_key(start: datetime, tenant: str, template: str, model: str) -> str:
-    """The record key of a window: a JSON array of its start (epoch s) and dimensions."""
-    return orjson.dumps([int(start.timestamp()), tenant, template, model]).decode()
+def window_key(
+    start: datetime,
+    tenant: str,
+    template: str,
+    model: str,
+    group: str = NONE,
+    deployment: str = NONE,
+) -> str:
+    """The record key of a window: a JSON array of its start (epoch s) and dimensions (the
+    catalog's group and deployment only for routed completions: other keys as they were)."""
+    dims: list[Any] = [int(start.timestamp()), tenant, template, model]
+    if (group, deployment) != (NONE, NONE):
+        dims += [group, deployment]
+    return orjson.dumps(dims).decode()

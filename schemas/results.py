@@ -67,6 +67,7 @@ class Completion(BaseModel):
     response_id: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=utcnow)
+    group: str | None = None  # the model catalog's group the job asked for (when routed)
     deployment: str | None = None  # the model catalog's deployment that answered
     fallbacks: list[str] = Field(default_factory=list)  # deployments tried before it
 

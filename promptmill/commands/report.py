@@ -45,7 +45,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "--by",
         type=dimensions,
         default=["template", "model", "tenant"],
-        help="comma-separated grouping: template, model, tenant (default: all three)",
+        help="comma-separated grouping: template, model, tenant, group, deployment (the "
+        "model catalog's; default: template,model,tenant)",
     )
     parser.add_argument("--format", choices=["table", "json", "csv"], default="table")
     parser.add_argument("--per-window", action="store_true", help="one row per window too")

@@ -173,3 +173,49 @@ async def test_a_prompt_too_large_for_a_deployments_context_window_goes_to_a_lar
     assert long.deployment == "large"  # ~520 tokens: not within small's 200
     assert isinstance(huge, Failure) and huge.code == "prompt_too_long"  # ~2270 > 2000
     assert "largest 2000" in huge.message
+
+
+async def test_reports_show_cost_per_group_and_deployment(
+    env: Env, tmp_path: Path, second_sim: str
+) -> None:
+    catalog = _catalog(
+        tmp_path,
+        f"""\
+      - {{name: cheap, base_url: "{env.endpoints.sim_url}", price_input_per_1m: 1}}
+      - {{name: dear, base_url: "{second_sim}", price_input_per_1m: 9, weight: 3}}
+""",
+    )
+    fast = {"PROMPTMILL_REPORT_WINDOW_SECONDS": "5", "PROMPTMILL_REPORT_FLUSH_SECONDS": "0.2"}
+    env.start_worker("--processor", "reporting", **fast)
+    env.start_worker(PROMPTMILL_MODEL_CATALOG=str(catalog))
+    jobs = write_jsonl(
+        tmp_path / "jobs.jsonl",
+        [{"messages": [{"role": "user", "content": f"q{i}"}], "cache": False} for i in range(200)],
+    )
+    records = await env.collect(await env.submit(jobs), within=120)
+    done = [r for r in records.values() if isinstance(r, Completion)]
+    assert len(done) == 200 and {r.group for r in done} == {"promptmill-sim"}
+    want = {
+        name: (
+            sum(1 for r in done if r.deployment == name),
+            sum(r.cost_usd for r in done if r.deployment == name),
+        )
+        for name in ("cheap", "dear")
+    }
+    assert want["cheap"][0] == 50 and want["dear"][1] > 9 * want["cheap"][1] * 2.9
+
+    rows: dict[str, list[str]] = {}
+    for _ in range(50):  # the reporting worker flushes its windows every 0.2 s
+        out = env.cli("report", "--since", "1h", "--by", "group,deployment", "--format", "csv")
+        lines = out.stdout.splitlines()
+        rows = {line.split(",")[1]: line.split(",") for line in lines[1:] if line.strip()}
+        if rows.keys() >= {"cheap", "dear"} and sum(int(r[2]) for r in rows.values()) == 200:
+            break
+        await asyncio.sleep(0.5)
+    header = lines[0].split(",")
+    assert rows.keys() >= {"cheap", "dear"}, lines
+    assert header[:3] == ["group", "deployment", "requests"], header
+    cost = header.index("cost_usd")
+    for name, (count, spent) in want.items():
+        assert rows[name][0] == "promptmill-sim" and int(rows[name][2]) == count, rows
+        assert float(rows[name][cost]) == pytest.approx(spent, rel=1e-6)

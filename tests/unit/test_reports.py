@@ -83,8 +83,10 @@ def test_count_args_of_completions_and_failures() -> None:
     found = _count_args(encode(completion), 60)
     assert found is not None
     batch, job, start, dims, tail = found
-    assert (batch, job, start, dims) == ("b", "j1", T0, ("acme", "greet@2", "m"))
+    assert (batch, job, start, dims) == ("b", "j1", T0, ("acme", "greet@2", "m", "-", "-"))
     assert tail == ["completion", 0, 7, 3, "0.25", latency_bucket(120)]
+    routed = completion.model_copy(update={"group": "gpt", "deployment": "azure-eu"})
+    assert _count_args(encode(routed), 60)[3][3:] == ("gpt", "azure-eu")  # type: ignore[index]
     cached = completion.model_copy(update={"cached": True})
     assert _count_args(encode(cached), 60) is not None
     assert _count_args(encode(cached), 60)[4][-1] == -1  # type: ignore[index]
@@ -93,7 +95,7 @@ def test_count_args_of_completions_and_failures() -> None:
     found = _count_args(encode(failure), 60)
     assert (
         found is not None
-        and found[3] == ("-", "-", "-")
+        and found[3] == ("-", "-", "-", "-", "-")
         and found[4]
         == [
             "failure",
