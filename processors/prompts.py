@@ -27,7 +27,7 @@ from processors.fleet.ticket import Ticket, estimate_tokens
 from processors.model import ModelCallError, ModelClient, ModelReply
 from processors.pricing import Price, cost_usd
 from processors.prompt_metrics import PromptMetrics
-from processors.routing import FAILOVER_ATTEMPTS, Route, Router, Routers, fails_over
+from processors.routing import FAILOVER_ATTEMPTS, Route, Router, Routers, breaks, fails_over
 from processors.runtime import InRecord, Outcome
 from processors.runtime.deadletters import About, DeadLetters, job_id_of
 from processors.templates.render import Renderer
@@ -278,26 +278,35 @@ class PromptProcessor:
         chosen = next((i for i, r in enumerate(routes) if r and r.limit_key == found.choice), 0)
         routes.insert(0, routes.pop(chosen))  # the preferred one, unless another had room first
         budgets, estimate = await self._reserve_budget(call)
-        spent, tried = 0.0, list[str]()
+        spent, tried, used = 0.0, list[str](), 0
+        passed_over: set[str] = set()  # groups a content-policy refusal moved the call from
         try:
             for index, route in enumerate(routes):
-                last = index == len(routes) - 1
+                if route is not None and route.group in passed_over:
+                    continue
+                rest = [r for r in routes[index + 1 :] if r and r.group not in passed_over]
                 try:
                     reply = await self._call_once(
-                        call, key, route, (found, waited) if not index else None, last
+                        call, key, route, (found, waited) if not index else None, not rest
                     )
                 except ModelCallError as exc:
-                    if route is not None and self._breakers and fails_over(exc):
+                    if route is None:
+                        raise
+                    moves = fails_over(exc)
+                    if exc.code is ErrorCode.CONTENT_FILTER and _content_fallback(router, call):
+                        passed_over.add(route.group)  # to the fallback groups' providers
+                        moves = True
+                    if self._breakers and breaks(exc):
                         await self._breakers.failed(route.limit_key)
-                    if last or route is None or not fails_over(exc):
-                        if not tried or route is None:
-                            raise
+                    used += exc.attempts
+                    rest = [r for r in rest if r.group not in passed_over]
+                    if not moves or not rest:
                         raise ModelCallError(
-                            f"{exc.message} (at {route.label(call.model)}, after "
-                            f"{', '.join(tried)} failed)",
+                            f"{exc.message} (at {route.label(call.model)}"
+                            + (f", after {', '.join(tried)} failed)" if tried else ")"),
                             code=exc.code,
                             retriable=exc.retriable,
-                            attempts=exc.attempts,
+                            attempts=used,
                         ) from exc
                     name = route.label(call.model)
                     log.info("%s: %s failed (%s); next deployment", call.model, name, exc)
@@ -307,7 +316,13 @@ class PromptProcessor:
                 price = route.cost_usd(reply.usage) if route is not None else None
                 if route is not None:
                     name = route.label(call.model)
-                    reply = replace(reply, deployment=name, fallbacks=tuple(tried), cost_usd=price)
+                    reply = replace(
+                        reply,
+                        deployment=name,
+                        fallbacks=tuple(tried),
+                        cost_usd=price,
+                        attempts=used + reply.attempts,
+                    )
                     self._metrics.routed.inc(group=call.model, deployment=name)
                 spent = price if price is not None else self._cost(call.model, reply)
                 return reply, False
@@ -446,6 +461,12 @@ def _fitting(call: _Call, routes: list[Route]) -> list[Route]:
             f"{call.model} (or its fallbacks) has a context window that large (largest {largest})"
         )
     return fit
+
+
+def _content_fallback(router: Router | None, call: _Call) -> bool:
+    """Whether the job's group sends a content-policy refusal on to its fallback groups."""
+    group = router.catalog.groups.get(call.model) if router is not None else None
+    return group is not None and group.fallback_on_content_filter
 
 
 def _limit_key(call: _Call, route: Route | None) -> str:

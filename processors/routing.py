@@ -69,6 +69,12 @@ class Route:
         ) / 1_000_000
 
 
+def breaks(exc: ModelCallError) -> bool:
+    """Whether a failure counts against the deployment's breaker: not when it only ran out
+    of rate-limit waits (it is busy, not broken), nor where :func:`fails_over` is false."""
+    return fails_over(exc) and exc.code is not ErrorCode.RATE_LIMIT_EXHAUSTED
+
+
 def fails_over(exc: ModelCallError) -> bool:
     """Whether another deployment may succeed where this one failed for good: not for a
     prompt too long or content the provider filters (the same everywhere)."""

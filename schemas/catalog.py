@@ -133,6 +133,9 @@ class ModelGroup(BaseModel):
 
     routing: Literal["weighted", "cost"] = "weighted"
     fallbacks: list[str] = Field(default_factory=list)
+    # a refusal on content policy moves the call to the fallback groups (whose providers'
+    # policies may differ); off: it is the job's answer (a content_filter dead letter)
+    fallback_on_content_filter: bool = False
     deployments: list[Deployment] = Field(min_length=1)
 
     @model_validator(mode="after")

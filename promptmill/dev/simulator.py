@@ -83,6 +83,11 @@ class SimConfig(BaseModel):
     auth_status: Literal[0, 401, 403] = Field(
         0, description="While 401 or 403, every request is refused so (a revoked key)."
     )
+    filter_words: list[str] = Field(
+        default=[],
+        description="This provider's content policy: a prompt with one of these words "
+        "(any case) is answered with finish_reason content_filter.",
+    )
 
 
 @dataclass
@@ -126,6 +131,10 @@ class Simulator:
 
     def _latency(self) -> float:
         return self.draws.latency(self.config.latency_ms, self.config.jitter_ms)
+
+    def _filtered(self, text: str) -> bool:
+        lowered = text.lower()
+        return any(word.lower() in lowered for word in self.config.filter_words)
 
     async def chat_completions(self, request: web.Request) -> web.Response:
         """``POST /v1/chat/completions``."""
@@ -211,7 +220,7 @@ class Simulator:
             return web.Response(text=MALFORMED_BODY, content_type="application/json")
 
         out = generate(req.model, req.source, req.max_tokens)
-        if markers.content_filter:
+        if markers.content_filter or self._filtered("\n".join(req.texts)):
             out = Generated("", 0, "content_filter")
         elif markers.reply is not None:
             out = Generated(markers.reply, estimate_tokens([markers.reply]), "stop")

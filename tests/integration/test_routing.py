@@ -219,3 +219,50 @@ async def test_reports_show_cost_per_group_and_deployment(
     for name, (count, spent) in want.items():
         assert rows[name][0] == "promptmill-sim" and int(rows[name][2]) == count, rows
         assert float(rows[name][cost]) == pytest.approx(spent, rel=1e-6)
+
+
+async def test_a_content_policy_refusal_moves_to_the_fallback_group_only_when_opted_in(
+    env: Env, tmp_path: Path, second_sim: str
+) -> None:
+    await sim_call(env.endpoints.sim_url, "POST", "/sim/config", {"filter_words": ["gremlin"]})
+    catalog = tmp_path / "models.yaml"
+    catalog.write_text(
+        f"""\
+groups:
+  strict:
+    fallbacks: [lenient]
+    fallback_on_content_filter: true
+    deployments:
+      - {{name: a, base_url: "{env.endpoints.sim_url}"}}
+      - {{name: a2, base_url: "{env.endpoints.sim_url}"}}
+  unmoved:
+    fallbacks: [lenient]
+    deployments:
+      - {{name: a, base_url: "{env.endpoints.sim_url}"}}
+  lenient:
+    deployments:
+      - {{name: b, base_url: "{second_sim}"}}
+"""
+    )
+    env.start_worker(PROMPTMILL_MODEL_CATALOG=str(catalog))
+    jobs = write_jsonl(
+        tmp_path / "jobs.jsonl",
+        [
+            {"model": group, "custom_id": f"{group}-{text}", "cache": False}
+            | {"messages": [{"role": "user", "content": f"tell me about {text}"}]}
+            for group in ("strict", "unmoved")
+            for text in ("cats", "a gremlin")
+        ],
+    )
+    records = {r.custom_id: r for r in (await env.collect(await env.submit(jobs))).values()}
+    moved = records["strict-a gremlin"]
+    assert isinstance(moved, Completion), moved
+    assert moved.deployment == "lenient/b" and moved.group == "strict"
+    assert len(moved.fallbacks) == 1 and moved.fallbacks[0] in ("a", "a2")  # not both: skipped
+    assert moved.attempts == 2  # one at the refusing provider, one at the fallback
+    refused = records["unmoved-a gremlin"]
+    assert isinstance(refused, Failure) and refused.code == "content_filter"
+    assert "(at a)" in refused.message
+    for name in ("strict-cats", "unmoved-cats"):
+        done = records[name]
+        assert isinstance(done, Completion) and done.deployment in ("a", "a2")

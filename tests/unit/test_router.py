@@ -5,9 +5,11 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from processors.model import ModelClient
-from processors.routing import Router
-from schemas import Usage
+import pytest
+
+from processors.model import ModelCallError, ModelClient
+from processors.routing import Router, breaks, fails_over
+from schemas import ErrorCode, Usage
 from schemas.catalog import Catalog, Deployment, ModelGroup
 
 
@@ -66,3 +68,20 @@ def test_a_deployment_whose_breaker_is_open_goes_last() -> None:
     for _ in range(50):
         assert [r.name for r in router.order("m", lambda name: name == "m@a")] == ["b", "a"]
     assert router.names() == ["m@a", "m@b"]
+
+
+@pytest.mark.parametrize(
+    ("code", "moves", "counts"),
+    [
+        (ErrorCode.MODEL_ERROR, True, True),
+        (ErrorCode.MODEL_TIMEOUT, True, True),
+        (ErrorCode.RATE_LIMIT_EXHAUSTED, True, False),  # busy, not broken
+        (ErrorCode.PROMPT_TOO_LONG, False, False),
+        (ErrorCode.CONTENT_FILTER, False, False),  # moves only where a group opts in
+    ],
+)
+def test_which_failures_move_a_call_and_count_against_a_breaker(
+    code: ErrorCode, moves: bool, counts: bool
+) -> None:
+    exc = ModelCallError("x", code=code, retriable=True, attempts=1)
+    assert (fails_over(exc), breaks(exc)) == (moves, counts)
