@@ -2,12 +2,13 @@
 
 ``<prefix>.jobs`` carries prompt jobs; ``<prefix>.completions`` and ``<prefix>.failures``
 carry the terminal records; ``<prefix>.templates`` is compacted and holds every template
-version and label; ``<prefix>.batches`` holds batch manifests; ``<prefix>.moderation``
-holds one verdict per completion, which is also routed to ``<prefix>.approved`` or
-``<prefix>.flagged``; ``<prefix>.reports`` holds windowed usage reports; ``<prefix>.audit``
-is the append-only audit trail. Partitions, replication and retention come from settings;
-cleanup policy is part of the contract. With three or more replicas every topic also asks
-for two in-sync replicas (see ``MIN_INSYNC_REPLICAS``).
+version and label (and every revision of the model catalog); ``<prefix>.batches`` holds
+batch manifests; ``<prefix>.moderation`` holds one verdict per completion, which is also
+routed to ``<prefix>.approved`` or ``<prefix>.flagged``; ``<prefix>.reports`` holds
+windowed usage reports; ``<prefix>.audit`` is the append-only audit trail. Partitions,
+replication and retention come from settings; cleanup policy is part of the contract. With
+three or more replicas every topic also asks for two in-sync replicas (see
+``MIN_INSYNC_REPLICAS``).
 """
 
 from __future__ import annotations
