@@ -35,6 +35,12 @@ class ModelCallError(PromptmillError):
         self.attempts = attempts
 
 
+class CredentialsRejected(ModelCallError):
+    """A deployment refused its key (401/403), or is paused since it did: the call goes to
+    another deployment; the deployment's breaker does not count it (the key is at fault,
+    and the credential guard already pauses it)."""
+
+
 @dataclass(frozen=True)
 class ModelReply:
     text: str
@@ -82,6 +88,11 @@ class ModelClient:
         self._guard = guard  # without one, a rejected key is a model_error like any 4xx
         self._make_client = make_client  # e.g. the SDK's Azure client for a catalog deployment
         self._client: openai.AsyncOpenAI | None = None
+
+    @property
+    def looks_paused(self) -> bool:
+        """Whether its endpoint's credentials were rejected lately (see the guard)."""
+        return self._guard is not None and self._guard.looks_paused()
 
     async def start(self) -> None:
         if self._client is None and self._make_client is not None:
@@ -163,7 +174,15 @@ class ModelClient:
         limited_since: float | None = None
         while True:
             attempt += 1
-            if self._guard is not None:
+            if self._guard is not None and max_attempts is not None:  # another can take it
+                if not await self._guard.try_turn():
+                    raise CredentialsRejected(
+                        "its credentials are rejected: paused until a probe is accepted",
+                        code=ErrorCode.MODEL_ERROR,
+                        retriable=True,
+                        attempts=attempt - 1,
+                    )
+            elif self._guard is not None:
                 await self._guard.wait_turn()  # the endpoint's credentials may be rejected
             if gate is not None:
                 await gate.admit(attempt)
@@ -173,6 +192,14 @@ class ModelClient:
             except openai.APIStatusError as exc:
                 if exc.status_code in (401, 403) and self._guard is not None:
                     await self._guard.rejected(exc.status_code, _error_message(exc))
+                    if max_attempts is not None:  # another deployment can take the call
+                        raise CredentialsRejected(
+                            f"HTTP {exc.status_code}: {_error_message(exc)} (credentials "
+                            "rejected: paused)",
+                            code=ErrorCode.MODEL_ERROR,
+                            retriable=True,
+                            attempts=attempt,
+                        ) from exc
                     continue  # the job waits for the key to work again; it does not fail
                 code, retriable = _classify_status(exc)
                 wait = retry_after_seconds(exc.response.headers) if retriable else None

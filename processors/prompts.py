@@ -260,7 +260,12 @@ class PromptProcessor:
     async def _routed(
         self, call: _Call, key: str | None, router: Router | None
     ) -> tuple[ModelReply, bool]:
-        is_open = self._breakers.is_open if self._breakers else None
+        breakers = self._breakers
+        paused = router.paused() if router is not None else {}
+
+        def is_open(name: str) -> bool:  # its breaker is open, or its credentials rejected
+            return paused.get(name, False) or (breakers is not None and breakers.is_open(name))
+
         routes: list[Route | None] = []
         if router is not None:
             routes += _fitting(call, router.order(call.model, is_open))

@@ -26,7 +26,7 @@ from typing import Any
 import openai
 
 from processors.fleet.limits import Limit
-from processors.model import ModelCallError, ModelClient
+from processors.model import CredentialsRejected, ModelCallError, ModelClient
 from schemas import ErrorCode, PromptmillError, Usage
 from schemas.catalog import Catalog, Deployment
 from topics.templates import TemplateStore
@@ -71,8 +71,13 @@ class Route:
 
 def breaks(exc: ModelCallError) -> bool:
     """Whether a failure counts against the deployment's breaker: not when it only ran out
-    of rate-limit waits (it is busy, not broken), nor where :func:`fails_over` is false."""
-    return fails_over(exc) and exc.code is not ErrorCode.RATE_LIMIT_EXHAUSTED
+    of rate-limit waits (it is busy, not broken) or refused its key (its credential guard
+    pauses it), nor where :func:`fails_over` is false."""
+    return (
+        fails_over(exc)
+        and exc.code is not ErrorCode.RATE_LIMIT_EXHAUSTED
+        and not isinstance(exc, CredentialsRejected)
+    )
 
 
 def fails_over(exc: ModelCallError) -> bool:
@@ -132,6 +137,14 @@ class Router:
                 break
             out.append(route)
         return out or order[:1]
+
+    def paused(self) -> dict[str, bool]:
+        """Whether each deployment's credentials were rejected lately, by bucket name."""
+        return {
+            route.limit_key: route.client.looks_paused
+            for routes in self._routes.values()
+            for route in routes
+        }
 
     def names(self) -> list[str]:
         """Every deployment's bucket name (``GROUP@DEPLOYMENT``)."""
@@ -265,6 +278,17 @@ class Routers:
         for router in self._built.values():
             await router.stop()
         self._built.clear()
+
+    def revisions(self) -> list[int]:
+        """The revisions whose routers are open now (0: the file's)."""
+        return sorted(self._built)
+
+    def paused(self) -> dict[str, bool]:
+        """Every built router's :meth:`Router.paused` (the one in force last)."""
+        out: dict[str, bool] = {}
+        for number in sorted(self._built, key=lambda n: n == self.in_force):
+            out |= self._built[number].paused()
+        return out
 
 
 def _describe(number: int) -> str:

@@ -123,7 +123,7 @@ async def build(
         ),
         PromptMetrics(metrics),
         _tenant_watch(settings, shared, limits, metrics),
-        _routers(settings, registry.store, limits, breakers),
+        _routers(settings, shared, registry.store, limits, breakers, metrics),
         breakers,
     )
     return Built(prompts, guard)
@@ -154,7 +154,12 @@ def _retry_options(settings: Settings) -> dict[str, Any]:
 
 
 def _routers(
-    settings: Settings, store: TemplateStore, limits: LimitTable, breakers: Breakers | None
+    settings: Settings,
+    redis: RedisClient | None,
+    store: TemplateStore,
+    limits: LimitTable,
+    breakers: Breakers | None,
+    metrics: Registry,
 ) -> Routers:
     """The routers of the model catalog in force: the newest revision on the templates
     topic, else the ``PROMPTMILL_MODEL_CATALOG`` file; each new one's deployments join the
@@ -162,11 +167,17 @@ def _routers(
     file_catalog = load_catalog(settings.model_catalog) if settings.model_catalog else None
 
     def client(deployment: Deployment) -> ModelClient:
+        # a guard per deployment and key: a rejected key pauses that deployment only
+        endpoint = f"{deployment.base_url}|{deployment.name}|{deployment.key_source()}"
+        probe = settings.model_auth_probe_seconds
         return ModelClient(
             deployment.base_url,
             "-",  # the key is the deployment's, read by client_for
             timeout=deployment.timeout_seconds,
             make_client=lambda: client_for(deployment),
+            guard=CredentialGuard(
+                redis, settings.redis_key_prefix, endpoint, probe, f"deployment {deployment.name}"
+            ),
             **_retry_options(settings),
         )
 
@@ -176,7 +187,14 @@ def _routers(
         if breakers is not None:
             breakers.watch(router.names())
 
-    return Routers(store, file_catalog, client, joined)
+    routers = Routers(store, file_catalog, client, joined)
+    metrics.gauge(
+        "promptmill_model_deployment_credentials_paused",
+        "1 while a catalog deployment's credentials are rejected (its calls go elsewhere).",
+        ("deployment",),
+        read=lambda: {(name,): float(p) for name, p in routers.paused().items()},
+    )
+    return routers
 
 
 def _tenant_watch(

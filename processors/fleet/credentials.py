@@ -9,7 +9,10 @@ first call that succeeds -- the key was fixed, or the secret remounted -- clears
 and every worker resumes by itself. While paused the worker is not ready (``/readyz``),
 logs the pause once and the resumption once, and counts rejections on ``/metrics``.
 
-Without Redis the same happens per worker.
+Without Redis the same happens per worker. Each deployment of the model catalog has a guard
+of its own: there a paused deployment is passed over for the others (its calls fail over
+at once, but for the fleet's probe every interval), and only a job with no other
+deployment left waits.
 """
 
 from __future__ import annotations
@@ -37,8 +40,10 @@ class CredentialGuard:
         prefix: str,
         endpoint: str,
         probe_seconds: float,
+        name: str = "the model endpoint",
     ) -> None:
         self._redis = redis
+        self._name = name  # in the log lines
         endpoint_id = hashlib.sha256(endpoint.encode()).hexdigest()[:16]  # never the key itself
         self._key = tagged(prefix, f"auth:{endpoint_id}", "paused")
         self._probe_key = tagged(prefix, f"auth:{endpoint_id}", "probe")
@@ -51,6 +56,18 @@ class CredentialGuard:
     @property
     def paused(self) -> bool:
         return self._paused_since is not None
+
+    def looks_paused(self) -> bool:
+        """Paused as this worker last saw it, within a probe interval (a catalog router
+        orders such a deployment last; after the interval it is tried, which looks again)."""
+        if self._paused_since is None:
+            return False
+        return time.monotonic() - max(self._checked_at, self._paused_since) < self._probe_ms / 1000
+
+    async def try_turn(self) -> bool:
+        """Before a call that another deployment could take: whether it may go now (the
+        endpoint is not paused, or this call took the fleet's probe slot)."""
+        return not await self._is_paused() or await self._take_probe()
 
     async def wait_turn(self) -> None:
         """Before a call: return at once unless the endpoint is paused; then wait until the
@@ -66,8 +83,9 @@ class CredentialGuard:
         if self._paused_since is None:
             self._paused_since = time.monotonic()
             log.warning(
-                "the model endpoint rejected the credentials (HTTP %d: %.200s); pausing every "
+                "%s rejected the credentials (HTTP %d: %.200s); pausing every "
                 "call to it, probing every %.1f s until it accepts them again",
+                self._name,
                 status,
                 message,
                 self._probe_ms / 1000,
@@ -96,7 +114,8 @@ class CredentialGuard:
     def _resumed(self) -> None:
         if self._paused_since is not None:
             log.info(
-                "the model endpoint accepts the credentials again after %.1f s; resuming",
+                "%s accepts the credentials again after %.1f s; resuming",
+                self._name,
                 time.monotonic() - self._paused_since,
             )
             self._paused_since = None
@@ -117,7 +136,7 @@ class CredentialGuard:
             return False
         if self._paused_since is None:
             self._paused_since = now
-            log.warning("another worker paused the model endpoint: its credentials are rejected")
+            log.warning("another worker paused %s: its credentials are rejected", self._name)
         return True
 
     async def _take_probe(self) -> bool:

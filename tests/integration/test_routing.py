@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from promptmill.dev.harness import Env, sim_call, write_jsonl
+from promptmill.dev.harness import Env, scrape, sim_call, write_jsonl
 from promptmill.dev.processes import free_port, stop
 from promptmill.dev.stack import start_model_sim
 from schemas import Completion, Failure
@@ -266,3 +266,49 @@ groups:
     for name in ("strict-cats", "unmoved-cats"):
         done = records[name]
         assert isinstance(done, Completion) and done.deployment in ("a", "a2")
+
+
+async def test_a_revoked_key_pauses_its_deployment_and_the_others_take_the_jobs(
+    env: Env, tmp_path: Path, second_sim: str
+) -> None:
+    await sim_call(env.endpoints.sim_url, "POST", "/sim/config", {"auth_status": 401})
+    catalog = _catalog(
+        tmp_path,
+        f"""\
+      - {{name: revoked, base_url: "{env.endpoints.sim_url}", weight: 3}}
+      - {{name: fine, base_url: "{second_sim}"}}
+""",
+    )
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env.start_worker(
+        PROMPTMILL_MODEL_CATALOG=str(catalog),
+        PROMPTMILL_METRICS_PORT=str(port),
+        PROMPTMILL_MODEL_AUTH_PROBE_SECONDS="1",
+    )
+
+    def jobs(name: str, count: int) -> Path:
+        return write_jsonl(
+            tmp_path / f"{name}.jsonl",
+            [
+                {"messages": [{"role": "user", "content": f"{name}{i}"}], "cache": False}
+                for i in range(count)
+            ],
+        )
+
+    first = await env.collect(await env.submit(jobs("one", 300)), within=120)
+    assert len(first) == 300 and all(isinstance(r, Completion) for r in first.values())
+    assert {r.deployment for r in first.values() if isinstance(r, Completion)} == {"fine"}
+    rejected = (await sim_call(env.endpoints.sim_url, "GET", "/sim/stats"))["rejected_auth"]
+    # paused at its first 401: the calls already sent, then probes; not 3 jobs in 4 (~225)
+    assert 1 <= rejected < 120, rejected
+    series = await scrape(base)
+    paused = 'promptmill_model_deployment_credentials_paused{deployment="promptmill-sim@revoked"}'
+    assert series[paused] == 1
+
+    await sim_call(env.endpoints.sim_url, "POST", "/sim/config", {"auth_status": 0})  # rotated
+    await asyncio.sleep(2.5)  # a probe interval, and a job that probes
+    second = await env.collect(await env.submit(jobs("two", 200)), within=120)
+    back = Counter(r.deployment for r in second.values() if isinstance(r, Completion))
+    assert len(second) == 200 and back["revoked"] >= 30, back  # probed, resumed, used again
+    assert (await scrape(base))[paused] == 0
