@@ -25,6 +25,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from schemas import CatalogRevision, LabelRecord, Template, encode
 from schemas.audit import Actor, AuditAction, AuditEvent
 from schemas.catalog import parse_catalog
+from schemas.prompt_tests import TESTS_SUFFIX
 from schemas.templates import TemplateBody
 from schemas.yaml_files import YamlFileError, line_of, load_yaml, validate_yaml
 from topics import KafkaConnection, TopicCatalog, TopicKind
@@ -45,10 +46,15 @@ class TemplateFile:
 
 
 def load_template_dir(directory: Path) -> list[TemplateFile]:
-    """Every ``*.yaml``/``*.yml`` template below ``directory``, validated."""
+    """Every ``*.yaml``/``*.yml`` template below ``directory``, validated (test files,
+    ``NAME.tests.yaml``, are not templates)."""
     if not directory.is_dir():
         raise TemplateFileError(f"{directory}: not a directory")
-    files = sorted(p for p in directory.rglob("*") if p.suffix in {".yaml", ".yml"})
+    files = sorted(
+        p
+        for p in directory.rglob("*")
+        if p.suffix in {".yaml", ".yml"} and not p.name.endswith(TESTS_SUFFIX)
+    )
     if not files:
         raise TemplateFileError(f"{directory}: no *.yaml template files")
     loaded = [load_template_file(p) for p in files]
