@@ -23,6 +23,7 @@ official ``openai`` SDK to parse them.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -220,6 +221,43 @@ def moderation_body(body: dict[str, Any]) -> dict[str, Any]:
         "model": str(body.get("model") or "omni-moderation-latest"),
         "results": [moderate(text) for text in inputs],
     }
+
+
+EMBEDDING_DIMENSIONS = 256
+
+
+def embeddings_body(body: dict[str, Any]) -> dict[str, Any]:
+    """The ``/v1/embeddings`` response for a request body (``input``: a string or a list of
+    strings): deterministic vectors in which texts that share words are close."""
+    inputs = body.get("input")
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
+        raise InvalidRequest("'input' must be a string or a non-empty array of strings", "input")
+    tokens = sum(estimate_tokens([text]) for text in inputs)
+    return {
+        "object": "list",
+        "model": str(body.get("model") or "promptmill-sim-embed"),
+        "data": [
+            {"object": "embedding", "index": i, "embedding": embed(text)}
+            for i, text in enumerate(inputs)
+        ],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def embed(text: str) -> list[float]:
+    """A unit vector of hashed words (and their pairs, for a little order): the cosine of
+    two texts grows with the words they share; the same text, the same vector."""
+    vector = [0.0] * EMBEDDING_DIMENSIONS
+    words = _WORD_RE.findall(text.lower())
+    features = words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
+    for feature in features:
+        digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
+        index = int.from_bytes(digest[:4], "big") % EMBEDDING_DIMENSIONS
+        vector[index] += 1.0 if digest[4] & 1 else -1.0
+    norm = sum(x * x for x in vector) ** 0.5
+    return [round(x / norm, 6) for x in vector] if norm else vector
 
 
 def moderate(text: str) -> dict[str, Any]:

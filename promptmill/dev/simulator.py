@@ -40,6 +40,7 @@ from promptmill.dev.sim_text import (
     InvalidRequest,
     completion_body,
     context_length_message,
+    embeddings_body,
     error_body,
     estimate_tokens,
     generate,
@@ -98,6 +99,7 @@ class SimStats:
     chat_completions: int = 0
     completions: int = 0
     moderations: int = 0
+    embeddings: int = 0
     rate_limited: int = 0
     rejected_auth: int = 0
     errors: int = 0
@@ -250,6 +252,22 @@ class Simulator:
         await asyncio.sleep(self._latency())
         return web.json_response(answer)
 
+    async def embeddings(self, request: web.Request) -> web.Response:
+        """``POST /v1/embeddings``: deterministic vectors, close for texts sharing words."""
+        self.stats.requests += 1
+        if (refused := self._refused()) is not None:
+            return refused
+        body = await _json_object(request)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            answer = embeddings_body(body)
+        except InvalidRequest as exc:
+            return error_response(400, exc.message, param=exc.param)
+        self.stats.embeddings += 1
+        await asyncio.sleep(self._latency())
+        return web.json_response(answer)
+
     async def models(self, request: web.Request) -> web.Response:
         """``GET /v1/models``."""
         self.stats.requests += 1
@@ -318,6 +336,7 @@ def build_app(config: SimConfig) -> web.Application:
         "/openai/deployments/{deployment}/chat/completions", sim.azure_chat_completions
     )
     app.router.add_post("/v1/moderations", sim.moderations)
+    app.router.add_post("/v1/embeddings", sim.embeddings)
     app.router.add_get("/v1/models", sim.models)
     app.router.add_get("/sim/stats", sim.get_stats)
     app.router.add_post("/sim/config", sim.set_config)

@@ -12,6 +12,7 @@ import aiohttp
 import openai
 import pytest
 
+from processors.assertions import cosine
 from promptmill.dev.sim_limits import (
     BucketShape,
     FaultDraws,
@@ -188,6 +189,24 @@ async def test_moderation(sim: Sim) -> None:
     assert (await sim.admin("stats"))["moderations"] == 2
 
 
+async def test_embeddings_are_deterministic_and_close_for_texts_sharing_words(sim: Sim) -> None:
+    texts = [
+        "the review is positive",
+        "the review is positive",
+        "this review is clearly positive",
+        "shipping took nine weeks",
+    ]
+    answer = await sim.client.embeddings.create(model="promptmill-sim-embed", input=texts)
+    same, near, far = (
+        cosine(answer.data[0].embedding, answer.data[i].embedding) for i in (1, 2, 3)
+    )
+    assert same == pytest.approx(1.0) and near > 0.5 and far < 0.3 and near > far
+    assert answer.usage.prompt_tokens > 0 and len(answer.data[0].embedding) == 256
+    assert (await sim.admin("stats"))["embeddings"] == 1
+    with pytest.raises(openai.BadRequestError):
+        await sim.client.embeddings.create(model="m", input=[])
+
+
 async def test_stats_and_reset(sim: Sim) -> None:
     await sim.chat("count me")
     await sim.client.completions.create(model=MODEL, prompt="me too")
@@ -197,6 +216,7 @@ async def test_stats_and_reset(sim: Sim) -> None:
         "chat_completions": 1,
         "completions": 1,
         "moderations": 0,
+        "embeddings": 0,
         "rate_limited": 0,
         "rejected_auth": 0,
         "errors": 0,
