@@ -13,7 +13,17 @@ from typing import Any
 
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from promptmill.commands import admin, batch, dev, lag, models, report, serve, worker
+from promptmill.commands import (
+    admin,
+    batch,
+    dev,
+    lag,
+    models,
+    prompt_tests,
+    report,
+    serve,
+    worker,
+)
 from promptmill.dev.processes import StackError
 from promptmill.dev.stack import BROKER_COUNTS
 from promptmill.settings import load_settings
@@ -77,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     command("list", admin.templates_list, "list templates, versions and labels", tmsub)
     p = command("show", admin.templates_show, "show NAME, NAME@VERSION or NAME@LABEL", tmsub)
     p.add_argument("ref")
+    p = command(
+        "test", prompt_tests.templates_test, "run templates' test cases through the pipeline", tmsub
+    )
+    prompt_tests.add_options(p)
     p = command("label", admin.templates_label, "point NAME@LABEL at VERSION (rollback)", tmsub)
     p.add_argument("name")
     p.add_argument("label")
