@@ -170,7 +170,8 @@ async def grade(
         return Grade(assertion, False, 0.0, str(exc))
     if assertion.negated:
         passed, score = not passed, 1.0 - score
-        reason = f"not: {reason}"
+        claim = f"not ({reason.removeprefix('expected: ')})"
+        reason = claim if passed else f"expected: {claim}"
     return Grade(assertion, passed, score, reason)
 
 

@@ -5,7 +5,8 @@ Brings up Kafka, Redis and a model (the real SmolLM2-135M by default;
 the topics, pushes the example templates with the ``production`` label, starts the prompt,
 batch-tracking and reporting workers, runs the example batch (with malformed lines, an
 unknown template and missing variables among its jobs), prints a summary, runs the same
-batch again to show the cache, prints the usage report of both runs, then runs a batch
+batch again to show the cache, prints the usage report of both runs, runs the example
+templates' test cases (``templates test``) and prints their table, then runs a batch
 through the HTTP front door with the OpenAI SDK (:mod:`promptmill.demo_http`), and stops
 everything.
 """
@@ -27,6 +28,7 @@ from producers.reports import group_reports, read_reports, render
 from producers.templates import load_template_dir, push_templates
 from promptmill import app
 from promptmill.commands import batch
+from promptmill.commands.prompt_tests import EXIT_FAILED, templates_test
 from promptmill.demo_http import run_http
 from promptmill.dev.processes import StackError
 from promptmill.dev.stack import down, up
@@ -98,11 +100,26 @@ def _show_samples(results: Path) -> None:
             print(f"    {who:<14} FAILED {record['code']}: {record['message'][:80]}")
 
 
-def _run_arguments(*argv: str) -> argparse.Namespace:
+def _run_arguments(*argv: str, command: tuple[str, ...] = ("run",)) -> argparse.Namespace:
     """``promptmill run ARGV`` as the command line parses it (every option at its default)."""
     from promptmill.cli import build_parser  # late: the command line imports this module
 
-    return build_parser().parse_args(["run", *argv])
+    return build_parser().parse_args([*command, *argv])
+
+
+async def _template_tests(settings: Settings, state: Path) -> None:
+    """``templates test`` on the example templates' test files: its table, whatever the
+    small model makes of them (failures are shown, not fatal; not being able to run is)."""
+    directory = EXAMPLES / "templates"
+    junit = state / "template-tests.xml"
+    print(f"== promptmill templates test {directory} --junit {junit}", flush=True)
+    test_args = _run_arguments(str(directory), "--junit", str(junit), command=("templates", "test"))
+    try:
+        await templates_test(settings, test_args)
+    except SystemExit as exc:
+        if exc.code != EXIT_FAILED:
+            raise
+        print("  (some cases failed: the tests ran, and they are strict for a 135M model)")
 
 
 async def demo(settings: Settings, args: argparse.Namespace) -> None:
@@ -169,6 +186,7 @@ async def demo(settings: Settings, args: argparse.Namespace) -> None:
             if round_ == 1:
                 _show_samples(run_args.output)
         await _show_report(local, requests)
+        await _template_tests(local, state)
         workers += await run_http(state, EXAMPLES)
     finally:
         for worker in workers:
