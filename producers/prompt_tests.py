@@ -20,12 +20,13 @@ from typing import Any
 from processors.assertions import CaseGrade, Grade, Judge, Observed, grade_case
 from producers.client import Client, new_batch_id
 from producers.results import ResultFollower
-from producers.templates import load_template_file, push_templates
+from producers.templates import TemplateFile, load_template_file, push_templates
 from schemas import Completion, Failure, PromptJob, TemplateRef
 from schemas.audit import Actor
 from schemas.jobs import ModelParams, line_job_id
 from schemas.prompt_tests import LoadedTests, TestCase
-from topics import KafkaConnection, TopicCatalog
+from topics import KafkaConnection, TopicCatalog, TopicKind
+from topics.templates import TemplateRegistry
 
 
 class CouldNotRun(Exception):
@@ -70,16 +71,10 @@ class CaseRun:
             failed = [g for g in seen if not g.passed]
             label = assertion.type + (f" {_brief(assertion.value)}" if assertion.value else "")
             reason = (failed or seen)[0].reason if seen else "not run"
+            if failed and len(seen) > 1:  # repeated: how often, and the first failure
+                reason = f"{len(seen) - len(failed)}/{len(seen)} passed; {reason}"
             ok = bool(seen) and not failed and not self.failures
-            rows.append(
-                (
-                    label,
-                    ok,
-                    reason
-                    if not failed or len(seen) == 1
-                    else f"{len(seen) - len(failed)}/{len(seen)} passed; {reason}",
-                )
-            )
+            rows.append((label, ok, reason))
         for failure in self.failures[:1]:
             rows.append(("(the job)", False, f"{failure.code.value}: {failure.message}"))
         return rows
@@ -122,13 +117,16 @@ async def run_tests(
     model: str | None = None,
     repeat: int = 1,
     within: float = 300.0,
+    refs: dict[str, str] | None = None,
 ) -> TestRun:
-    """Every case of ``files`` as one batch; each completion graded."""
+    """Every case of ``files`` as one batch; each completion graded. ``refs``: the ref to
+    test per template name (over ``ref``)."""
     cases: list[CaseRun] = []
     jobs: list[PromptJob] = []
     batch_id = new_batch_id()
     for loaded in files:
-        under_test = await _version_under_test(conn, catalog, loaded, ref, actor)
+        chosen = (refs or {}).get(loaded.template, ref)
+        under_test = await _version_under_test(conn, catalog, loaded, chosen, actor)
         for index, (case, line) in enumerate(zip(loaded.cases, loaded.lines, strict=True)):
             cases.append(CaseRun(loaded.template, under_test, index, case, line))
             for _ in range(repeat):
@@ -201,9 +199,21 @@ async def _version_under_test(
         raise CouldNotRun(
             f"{loaded.path}: no {loaded.template}.yaml beside it to test (or give --ref)"
         )
-    lines = await push_templates(conn, catalog, [load_template_file(source)], None, actor)
-    version = int(lines[0].rsplit(" ", 1)[-1].rstrip(")"))
-    return f"{loaded.template}@{version}"
+    item = load_template_file(source)
+    await push_templates(conn, catalog, [item], None, actor)
+    return f"{loaded.template}@{await version_of(conn, catalog, item)}"
+
+
+async def version_of(conn: KafkaConnection, catalog: TopicCatalog, item: TemplateFile) -> int:
+    """The published version whose content is ``item``'s (the newest, if several)."""
+    topic = catalog.name(TopicKind.TEMPLATES)
+    async with TemplateRegistry(conn, topic, follow=False) as registry:
+        versions = registry.store.versions(item.body.name)
+    digest = item.body.compute_hash()
+    same = [t.version for t in versions if t.content_hash == digest]
+    if not same:
+        raise CouldNotRun(f"{item.path}: its content is not published (push it first)")
+    return max(same)
 
 
 def _template_file(test_file: Path) -> Path | None:

@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("push", admin.templates_push, "publish changed templates from DIR", tmsub)
     p.add_argument("directory", type=Path)
     p.add_argument("--label", help="point this label (e.g. production) at what was pushed")
+    p.add_argument(
+        "--require-tests",
+        action="store_true",
+        help="move the label only if each template's NAME.tests.yaml (in DIR) passes on the "
+        "version pushed (run through the workers)",
+    )
     command("list", admin.templates_list, "list templates, versions and labels", tmsub)
     p = command("show", admin.templates_show, "show NAME, NAME@VERSION or NAME@LABEL", tmsub)
     p.add_argument("ref")
@@ -95,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("label")
     p.add_argument("version", type=int)
+    p.add_argument(
+        "--require-tests",
+        type=Path,
+        metavar="PATH",
+        help="move the label only if NAME's test file (PATH: it, or a directory holding "
+        "NAME.tests.yaml) passes on VERSION",
+    )
 
     p = command("submit", batch.submit, "submit a JSONL file as one batch")
     batch.add_submit_options(p)

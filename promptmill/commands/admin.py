@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from producers.prompt_tests import version_of
 from producers.templates import load_template_dir, move_label, push_templates
 from promptmill import app
+from promptmill.commands.prompt_tests import require_tests
 from promptmill.settings import Settings
 from schemas import encode
 from topics import TopicKind
@@ -37,12 +39,24 @@ async def topics_describe(settings: Settings, args: argparse.Namespace) -> None:
 async def templates_push(settings: Settings, args: argparse.Namespace) -> None:
     files = load_template_dir(args.directory)
     conn, catalog = app.kafka_connection(settings), app.catalog(settings)
-    for line in await push_templates(conn, catalog, files, args.label, app.operator(settings)):
+    actor = app.operator(settings)
+    if args.require_tests and args.label is None:
+        raise SystemExit("promptmill: --require-tests guards a label move: give --label")
+    if args.require_tests:
+        # publish the versions, test them, and only then move the label
+        for line in await push_templates(conn, catalog, files, None, actor):
+            print(line)
+        refs = {f.body.name: f"{f.body.name}@{await version_of(conn, catalog, f)}" for f in files}
+        await require_tests(settings, args.directory, refs, args.label)
+    for line in await push_templates(conn, catalog, files, args.label, actor):
         print(line)
 
 
 async def templates_label(settings: Settings, args: argparse.Namespace) -> None:
     conn, catalog = app.kafka_connection(settings), app.catalog(settings)
+    if args.require_tests is not None:
+        ref = f"{args.name}@{args.version}"
+        await require_tests(settings, args.require_tests, {args.name: ref}, args.label)
     await move_label(conn, catalog, args.name, args.label, args.version, app.operator(settings))
     print(f"{args.name}: label {args.label} -> version {args.version}")
 

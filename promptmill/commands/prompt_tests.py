@@ -101,6 +101,51 @@ async def templates_test(settings: Settings, args: argparse.Namespace) -> None:
         raise SystemExit(EXIT_FAILED)
 
 
+class LabelRefused(PromptmillError):
+    """``--require-tests``: a label stays where it was, because the version's tests failed
+    (or it has none)."""
+
+
+async def require_tests(settings: Settings, tests: Path, refs: dict[str, str], label: str) -> None:
+    """Run the test files under ``tests`` of the templates in ``refs`` (name -> the
+    ``NAME@VERSION`` about to get ``label``); print their table; raise
+    :class:`LabelRefused` naming what failed, or what has no test file."""
+    found = {loaded.template: loaded for loaded in _files(tests)}
+    missing = sorted(name for name in refs if name not in found)
+    if missing:
+        raise LabelRefused(
+            f"--require-tests: label {label} not moved: no test file for "
+            f"{', '.join(missing)} in {tests}"
+        )
+    endpoint = app.model_endpoint(settings)
+    async with (
+        openai.AsyncOpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key) as judge_client,
+        _client(settings) as client,
+    ):
+        judge = ModelJudge(judge_client, endpoint.default_model, "text-embedding-3-small")
+        try:
+            run = await run_tests(
+                app.kafka_connection(settings),
+                app.catalog(settings),
+                client,
+                [found[name] for name in sorted(refs)],
+                judge,
+                app.operator(settings),
+                refs=refs,
+            )
+        except CouldNotRun as exc:
+            raise LabelRefused(
+                f"--require-tests: label {label} not moved: the tests could not run: {exc}"
+            ) from None
+    print(table(run))
+    failed = [case for case in run.cases if not case.passed]
+    if failed:
+        which = "; ".join(f"{case.ref} {case.name!r}" for case in failed)
+        raise LabelRefused(
+            f"--require-tests: label {label} not moved: {len(failed)} case(s) failed: {which}"
+        )
+
+
 def table(run: TestRun) -> str:
     """One row per assertion: case, assertion, pass/fail, reason, tokens, cost, latency."""
     header = (

@@ -109,3 +109,62 @@ async def test_all_passing_exits_0_and_repeat_reports_pass_rates(env: Env, tmp_p
     # a ref that is not the local file: the version just published, by number
     again = env.cli("templates", "test", str(directory), "--ref", "@1")
     assert "1 of 1 case(s) passed" in again.stdout
+
+
+async def test_require_tests_refuses_to_move_a_label_to_a_failing_version(
+    env: Env, tmp_path: Path
+) -> None:
+    directory = _suite(tmp_path, TESTS)  # one case fails
+    env.start_worker()
+    pushed = env.cli(
+        "templates",
+        "push",
+        str(directory),
+        "--label",
+        "production",
+        "--require-tests",
+        check=False,
+    )
+    assert pushed.returncode == 1, pushed.stdout + pushed.stderr
+    assert "label production not moved: 1 case(s) failed: greet@1 'says goodbye instead'" in (
+        pushed.stderr
+    ), pushed.stderr
+    assert "greet: published version 1" in pushed.stdout  # the version, not the label
+    assert "production" not in env.cli("templates", "list").stdout
+
+    moved = env.cli(
+        "templates",
+        "label",
+        "greet",
+        "production",
+        "1",
+        "--require-tests",
+        str(directory),
+        check=False,
+    )
+    assert moved.returncode == 1 and "not moved" in moved.stderr
+    no_tests = tmp_path / "elsewhere"
+    no_tests.mkdir()
+    (no_tests / "other.tests.yaml").write_text(TESTS.replace("greet", "other"))
+    (no_tests / "checks.py").write_text(CHECKS)
+    refused = env.cli(
+        "templates",
+        "label",
+        "greet",
+        "production",
+        "1",
+        "--require-tests",
+        str(no_tests),
+        check=False,
+    )
+    assert refused.returncode == 1 and "no test file for greet" in refused.stderr
+
+    # fixed: the failing case now expects what the template says
+    (directory / "greet.tests.yaml").write_text(
+        TESTS.replace("value: Hello}", "value: Goodbye}").replace(
+            "not-contains, value: Goodbye", "not-contains, value: Hello"
+        )
+    )
+    ok = env.cli("templates", "push", str(directory), "--label", "production", "--require-tests")
+    assert "greet: label production -> version 1" in ok.stdout, ok.stdout
+    assert "production=1" in env.cli("templates", "list").stdout

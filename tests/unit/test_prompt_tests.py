@@ -248,3 +248,24 @@ def test_the_example_test_files_load_and_are_not_templates() -> None:
     names = {item.body.name for item in load_template_dir(examples)}
     found = find_test_files(examples)
     assert found and all(load_test_file(path).template in names for path in found)
+
+
+def test_the_example_ci_workflow_only_uses_commands_that_exist() -> None:
+    import shlex
+
+    import yaml
+
+    from promptmill.cli import build_parser
+
+    workflow = Path(__file__).resolve().parents[2] / "examples" / "ci" / "prompt-tests.yml"
+    jobs = yaml.safe_load(workflow.read_text())["jobs"]
+    commands = [
+        part.strip().removeprefix("nohup ").split(">")[0]
+        for job in jobs.values()
+        for step in job["steps"]
+        for part in str(step.get("run", "")).split("&&")
+        if part.strip().removeprefix("nohup ").startswith("promptmill ")
+    ]
+    assert any("--require-tests" in c for c in commands) and any(" test " in c for c in commands)
+    for command in commands:
+        build_parser().parse_args(shlex.split(command)[1:])  # exits on an unknown flag
