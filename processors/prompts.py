@@ -43,6 +43,7 @@ from schemas import (
 )
 from schemas.headers import job_headers
 from schemas.jobs import ModelParams
+from schemas.templates import canary_draw
 from schemas.validation import describe_validation_error
 from topics import TopicCatalog, TopicKind
 from topics.budgets import Budget
@@ -171,7 +172,8 @@ class PromptProcessor:
         if self._tenants is not None and self._tenants.cancelled(job.batch_id):
             raise Cancelled(f"batch {job.batch_id} was cancelled before this job ran")
         ref = job.template_ref()
-        template = self._templates.resolve(ref) if ref else None
+        draw = canary_draw(job.canary_key())  # an unpinned label with a canary
+        template = self._templates.resolve(ref, draw) if ref else None
         if template is not None:
             messages = await self._renderer.render(template, job.variables, size)
             params = job.params.merged_over(template.params)

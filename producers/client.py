@@ -35,6 +35,7 @@ from schemas import (
 )
 from schemas.headers import job_headers
 from schemas.jobs import line_job_id
+from schemas.templates import canary_draw
 from topics import KafkaConnection, TopicCatalog, TopicKind
 from topics.batch_index import BatchIndex
 from topics.limits import RECORD_OVERHEAD, TopicLimits
@@ -269,15 +270,21 @@ class Client:
 
 
 def _pin_template(job: PromptJob, store: TemplateStore, used: dict[str, int]) -> None:
-    """Resolve a label to a version once per batch, so a label moved mid-batch never mixes."""
+    """Resolve a label to a version once per batch, so a label moved mid-batch never mixes
+    (a label with a canary: the canary version for the canary's share of the jobs, drawn
+    from each job's run-independent id, so a rerun of the batch draws the same)."""
     ref = job.template_ref()
     if ref is None or job.template_version is not None:
         return
     try:
-        job.template_version = store.resolve(ref).version
+        job.template_version = store.resolve(ref, canary_draw(job.canary_key())).version
     except UnknownTemplate:
         return  # the worker dead-letters it with the reason
-    used[str(TemplateRefKey(ref.name, ref.label))] = job.template_version
+    key = str(TemplateRefKey(ref.name, ref.label))
+    canary = store.canary(ref.name, ref.label) if ref.label else None
+    if canary is not None and job.template_version == canary[0]:
+        key += " (canary)"
+    used[key] = job.template_version
 
 
 def _catalog_revision(store: TemplateStore) -> int:

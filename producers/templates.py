@@ -125,14 +125,44 @@ async def move_label(
     label: str,
     version: int,
     actor: Actor,
+    canary: tuple[int, float] | None = None,
 ) -> None:
-    """Point ``name@label`` at an existing ``version`` (a rollback is just this)."""
+    """Point ``name@label`` at an existing ``version`` (a rollback is just this), with a
+    ``canary`` (version, percent of the jobs) if given."""
 
     def plan(store: TemplateStore) -> tuple[list[Record], list[str]]:
         store.resolve(f"{name}@{version}")  # raises UnknownTemplate naming what is missing
+        if canary is not None:
+            store.resolve(f"{name}@{canary[0]}")
+        record = LabelRecord(
+            name=name,
+            label=label,
+            version=version,
+            canary_version=canary[0] if canary else None,
+            canary_percent=canary[1] if canary else None,
+        )
+        return [record], []
+
+    await _transaction(conn, catalog, plan, actor)
+
+
+async def end_canary(
+    conn: KafkaConnection, catalog: TopicCatalog, name: str, label: str, promote: bool, actor: Actor
+) -> int:
+    """Finish a label's canary: ``promote`` moves the label to the canary's version, else
+    (a rollback) the label stays and the canary stops; the version the label is left on."""
+    kept: list[int] = []
+
+    def plan(store: TemplateStore) -> tuple[list[Record], list[str]]:
+        canary = store.canary(name, label)
+        if canary is None:
+            raise TemplateFileError(f"{name}@{label} has no canary to promote or roll back")
+        version = canary[0] if promote else store.labels(name)[label]
+        kept[:] = [version]
         return [LabelRecord(name=name, label=label, version=version)], []
 
     await _transaction(conn, catalog, plan, actor)
+    return kept[0]
 
 
 def read_catalog_file(path: Path) -> str:
@@ -203,6 +233,10 @@ def _audit(actor: Actor, record: Record, store: TemplateStore) -> AuditEvent:
         "label": record.label,
         "from_version": store.labels(record.name).get(record.label),
         "to_version": record.version,
+        "from_canary": store.canary(record.name, record.label),
+        "canary": [record.canary_version, record.canary_percent]
+        if record.canary_version is not None
+        else None,
     }
     return AuditEvent(
         actor=actor, action=AuditAction.LABEL_MOVED, target=record.name, details=details

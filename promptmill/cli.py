@@ -106,8 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="PATH",
         help="move the label only if NAME's test file (PATH: it, or a directory holding "
-        "NAME.tests.yaml) passes on VERSION",
+        "NAME.tests.yaml) passes on VERSION (on the canary's version, with --canary)",
     )
+    p.add_argument(
+        "--canary",
+        type=admin.canary_option,
+        metavar="VERSION:PERCENT",
+        help="e.g. 4:10%%: that share of the jobs resolving the label get VERSION (decided "
+        "from each job's id at submit: a rerun draws the same)",
+    )
+    for action, func, help_ in (
+        ("promote", admin.templates_promote, "finish NAME@LABEL's canary: the label moves to it"),
+        ("rollback", admin.templates_rollback, "abort NAME@LABEL's canary: the label stays"),
+    ):
+        p = command(action, func, help_, tmsub)
+        p.add_argument("name")
+        p.add_argument("label")
 
     p = command("submit", batch.submit, "submit a JSONL file as one batch")
     batch.add_submit_options(p)

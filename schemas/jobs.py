@@ -149,6 +149,13 @@ class PromptJob(BaseModel):
             TemplateRef.parse(self.template)
         return self
 
+    def canary_key(self) -> str:
+        """The id a canary draw is made from: the same in every run of the batch (its first
+        run's job id for a line of a file, else the job id)."""
+        if self.source_line is not None:
+            return line_job_id(self.batch_id, 1, self.source_line)
+        return self.job_id
+
     def template_ref(self) -> TemplateRef | None:
         """The template this job uses, pinned to ``template_version`` when resolved."""
         if self.template is None:

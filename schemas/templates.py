@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import Literal
+from typing import Literal, Self
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.jobs import NAME_PATTERN, ChatMessage, ModelParams
 from schemas.results import utcnow
@@ -64,11 +64,29 @@ class LabelRecord(BaseModel):
     name: str = Field(pattern=NAME_PATTERN)
     label: str = Field(pattern=NAME_PATTERN)
     version: int = Field(ge=1)
+    # a canary: this share of the jobs that resolve the label get canary_version instead
+    canary_version: int | None = Field(default=None, ge=1)
+    canary_percent: float | None = Field(default=None, gt=0, lt=100)
     moved_at: datetime = Field(default_factory=utcnow)
+
+    @model_validator(mode="after")
+    def _canary(self) -> Self:
+        if (self.canary_version is None) != (self.canary_percent is None):
+            raise ValueError("a canary needs both canary_version and canary_percent")
+        if self.canary_version is not None and self.canary_version == self.version:
+            raise ValueError("the canary version is the label's own version")
+        return self
 
     @property
     def key(self) -> str:
         return label_key(self.name, self.label)
+
+
+def canary_draw(key: str) -> float:
+    """Where ``key`` (a job's run-independent id) falls in [0, 100): a job takes a label's
+    canary when its draw is below the canary's percent. The same key, the same draw."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * 100
 
 
 class CatalogRevision(BaseModel):

@@ -57,6 +57,7 @@ class TemplateStore:
         self._versions: dict[str, dict[int, Template]] = {}
         self._labels: dict[str, dict[str, int]] = {}
         self._catalogs: dict[int, tuple[CatalogRevision, Catalog]] = {}
+        self._canaries: dict[str, dict[str, tuple[int, float]]] = {}
         self.skipped = 0  # records that were not valid templates-topic records
 
     def apply(self, key: bytes | None, value: bytes | None) -> bool:
@@ -75,6 +76,7 @@ class TemplateStore:
         if value is None:
             if kind == "label":
                 self._labels.get(name, {}).pop(selector, None)
+                self._canaries.get(name, {}).pop(selector, None)
             elif selector.isdigit():
                 self._versions.get(name, {}).pop(int(selector), None)
             return True
@@ -88,6 +90,11 @@ class TemplateStore:
             return self._skip(key, f"the value is {record.key}, not what the key says")
         if isinstance(record, LabelRecord):
             self._labels.setdefault(record.name, {})[record.label] = record.version
+            canaries = self._canaries.setdefault(record.name, {})
+            if record.canary_version is not None and record.canary_percent is not None:
+                canaries[record.label] = (record.canary_version, record.canary_percent)
+            else:
+                canaries.pop(record.label, None)
             return True
         if record.compute_hash() != record.content_hash:
             return self._skip(key, "content_hash does not match the content")
@@ -127,8 +134,10 @@ class TemplateStore:
         log.warning("ignoring bad templates record (key %.80r): %s", key, reason)
         return False
 
-    def resolve(self, ref: TemplateRef | str) -> Template:
-        """The version ``ref`` names; raises :class:`UnknownTemplate` naming what is missing."""
+    def resolve(self, ref: TemplateRef | str, draw: float | None = None) -> Template:
+        """The version ``ref`` names; raises :class:`UnknownTemplate` naming what is missing.
+        A label with a canary gives its canary version when ``draw`` (a job's
+        :func:`~schemas.templates.canary_draw`) is below the canary's percent."""
         if isinstance(ref, str):
             ref = TemplateRef.parse(ref)
         versions = self._versions.get(ref.name)
@@ -144,6 +153,9 @@ class TemplateStore:
                     f"versions: {', '.join(map(str, sorted(versions)))})"
                 )
             version = labels[ref.label or ""]
+            canary = self.canary(ref.name, ref.label or "")
+            if canary is not None and draw is not None and draw < canary[1]:
+                version = canary[0]
         if version not in versions:
             raise UnknownTemplate(f"template {ref.name!r} has no version {version}")
         return versions[version]
@@ -156,6 +168,10 @@ class TemplateStore:
 
     def labels(self, name: str) -> dict[str, int]:
         return dict(sorted(self._labels.get(name, {}).items()))
+
+    def canary(self, name: str, label: str) -> tuple[int, float] | None:
+        """A label's canary: (version, percent of the jobs), if it has one."""
+        return self._canaries.get(name, {}).get(label)
 
     def latest(self, name: str) -> Template | None:
         versions = self._versions.get(name)

@@ -15,7 +15,7 @@ from processors.templates.pool import PoolConfig, RenderPool
 from processors.templates.render import MissingVariable, Renderer, RenderError
 from producers.templates import TemplateFileError, load_template_dir, load_template_file
 from schemas import ChatMessage, ErrorCode, LabelRecord, Template, TemplateRef, encode
-from schemas.templates import TemplateBody
+from schemas.templates import TemplateBody, canary_draw
 from topics.templates import TemplateStore, UnknownTemplate
 
 pytestmark = pytest.mark.timeout(10)
@@ -369,3 +369,41 @@ async def test_example_templates_load_and_render(renderer: Renderer) -> None:
         assert set(item.body.variables) <= set().union(
             *(meta.find_undeclared_variables(syntax.parse(m.content)) for m in item.body.messages)
         )
+
+
+def test_a_canary_draw_is_stable_and_uniform() -> None:
+    draws = [canary_draw(f"b:{line}") for line in range(1, 5001)]
+    assert draws == [canary_draw(f"b:{line}") for line in range(1, 5001)]
+    share = sum(d < 10 for d in draws) / len(draws)
+    assert 0.07 <= share <= 0.13  # 10% within +-3 points
+    assert all(0 <= d < 100 for d in draws)
+
+
+def test_a_label_with_a_canary_resolves_by_the_draw(store: TemplateStore) -> None:
+    _put(
+        store,
+        LabelRecord(
+            name="summarize", label="production", version=2, canary_version=3, canary_percent=10
+        ),
+    )
+    assert store.canary("summarize", "production") == (3, 10)
+    assert store.resolve("summarize@production", draw=9.99).version == 3
+    assert store.resolve("summarize@production", draw=10.0).version == 2
+    assert store.resolve("summarize@production").version == 2  # no draw: the baseline
+    assert store.resolve("summarize@3", draw=0).version == 3  # a version is a version
+    _put(store, LabelRecord(name="summarize", label="production", version=2))  # rolled back
+    assert store.canary("summarize", "production") is None
+    assert store.resolve("summarize@production", draw=0).version == 2
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"canary_version": 3}, "needs both"),
+        ({"canary_version": 2, "canary_percent": 5}, "the label's own version"),
+        ({"canary_version": 3, "canary_percent": 100}, "less than 100"),
+    ],
+)
+def test_a_canary_must_make_sense(fields: dict[str, Any], words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        LabelRecord(name="s", label="production", version=2, **fields)
