@@ -17,6 +17,7 @@ from promptmill.commands import (
     admin,
     batch,
     dev,
+    evaluate,
     lag,
     models,
     prompt_tests,
@@ -189,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("check", models.models_check, "one tiny request to each deployment", msub)
     p.add_argument("group", nargs="?", help="only this group's deployments")
     p.add_argument("--file", type=Path, help="this catalog file, not the one in force")
+
+    p = command("eval", evaluate.evaluate_command, "two template refs over one dataset")
+    evaluate.add_options(p)
 
     p = command("audit", serve.audit, "the audit trail: who did what, when")
     p.add_argument("--since", help="ISO time or a duration back (90m, 2h, 7d)")
