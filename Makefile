@@ -39,8 +39,9 @@ unit: install
 integration: install helm-tools s3-tools
 	$(BIN)/pytest tests/integration
 
+# the 15 slowest tests at the end: the whole run must stay under 20 minutes on 2 cores
 test: lint typecheck helm-tools s3-tools
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=15
 
 # helm, kubeconform and offline API schemas for tests/integration/test_helm.py (needs Go; cached)
 helm-tools: install
