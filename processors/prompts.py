@@ -172,8 +172,10 @@ class PromptProcessor:
         if self._tenants is not None and self._tenants.cancelled(job.batch_id):
             raise Cancelled(f"batch {job.batch_id} was cancelled before this job ran")
         ref = job.template_ref()
-        draw = canary_draw(job.canary_key())  # an unpinned label with a canary
-        template = self._templates.resolve(ref, draw) if ref else None
+        template = None
+        if ref is not None:  # an unpinned label (rare: submit pins) draws for its canary
+            draw = canary_draw(job.canary_key()) if ref.label is not None else None
+            template = self._templates.resolve(ref, draw)
         if template is not None:
             messages = await self._renderer.render(template, job.variables, size)
             params = job.params.merged_over(template.params)

@@ -8,14 +8,15 @@ import argparse
 import html
 from pathlib import Path
 
-import openai
-
-from processors.assertions import ModelJudge
 from producers.evaluation import Comparison, Side, evaluate
 from producers.prompt_tests import CouldNotRun
 from promptmill import app
-from promptmill.commands.batch import _client
-from promptmill.commands.prompt_tests import EXIT_COULD_NOT_RUN, EXIT_FAILED
+from promptmill.commands.prompt_tests import (
+    DEFAULT_EMBEDDING_MODEL,
+    EXIT_COULD_NOT_RUN,
+    EXIT_FAILED,
+    judged_session,
+)
 from promptmill.settings import Settings
 from schemas import PromptmillError
 from schemas.prompt_tests import Assertion, TestFile
@@ -44,7 +45,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--html", type=Path, metavar="FILE", help="write an HTML report")
     parser.add_argument("--timeout", type=float, default=600.0)
-    parser.add_argument("--embedding-model", default="text-embedding-3-small")
+    parser.add_argument("--embedding-model", default=DEFAULT_EMBEDDING_MODEL)
 
 
 async def evaluate_command(settings: Settings, args: argparse.Namespace) -> None:
@@ -54,12 +55,7 @@ async def evaluate_command(settings: Settings, args: argparse.Namespace) -> None
     except (CouldNotRun, PromptmillError) as exc:
         print(f"promptmill: could not run the evaluation: {exc}")
         raise SystemExit(EXIT_COULD_NOT_RUN) from None
-    endpoint = app.model_endpoint(settings)
-    async with (
-        openai.AsyncOpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key) as judge_client,
-        _client(settings) as client,
-    ):
-        judge = ModelJudge(judge_client, endpoint.default_model, args.embedding_model)
+    async with judged_session(settings, None, args.embedding_model) as (client, judge):
         try:
             comparison = await evaluate(
                 app.kafka_connection(settings),

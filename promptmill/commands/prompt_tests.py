@@ -7,12 +7,15 @@ from __future__ import annotations
 import argparse
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import openai
 import orjson
 
 from processors.assertions import ModelJudge
+from producers.client import Client
 from producers.prompt_tests import CaseRun, CouldNotRun, TestRun, run_tests
 from promptmill import app
 from promptmill.commands.batch import _client
@@ -20,6 +23,7 @@ from promptmill.settings import Settings
 from schemas import PromptmillError
 from schemas.prompt_tests import TESTS_SUFFIX, LoadedTests, find_test_files, load_test_file
 
+DEFAULT_EMBEDDING_MODEL = "text-embedding-3-small"
 EXIT_FAILED = 1
 EXIT_COULD_NOT_RUN = 2
 
@@ -44,9 +48,26 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--embedding-model",
-        default="text-embedding-3-small",
+        default=DEFAULT_EMBEDDING_MODEL,
         help="the model of `similar` assertions' embeddings",
     )
+
+
+@asynccontextmanager
+async def judged_session(
+    settings: Settings, chat_model: str | None, embedding_model: str
+) -> AsyncIterator[tuple[Client, ModelJudge]]:
+    """A started submit client, and the model endpoint as judge (``chat_model``: its
+    default model when None), both closed on exit."""
+    endpoint = app.model_endpoint(settings)
+    async with (
+        openai.AsyncOpenAI(
+            base_url=endpoint.base_url, api_key=endpoint.api_key, max_retries=2
+        ) as judge_client,
+        _client(settings) as client,
+    ):
+        judge = ModelJudge(judge_client, chat_model or endpoint.default_model, embedding_model)
+        yield client, judge
 
 
 def _files(path: Path) -> list[LoadedTests]:
@@ -66,15 +87,8 @@ async def templates_test(settings: Settings, args: argparse.Namespace) -> None:
     except PromptmillError as exc:
         print(f"promptmill: {exc}")
         raise SystemExit(EXIT_COULD_NOT_RUN) from None
-    endpoint = app.model_endpoint(settings)
     started = time.monotonic()
-    async with (
-        openai.AsyncOpenAI(
-            base_url=endpoint.base_url, api_key=endpoint.api_key, max_retries=2
-        ) as judge_client,
-        _client(settings) as client,
-    ):
-        judge = ModelJudge(judge_client, args.model or endpoint.default_model, args.embedding_model)
+    async with judged_session(settings, args.model, args.embedding_model) as (client, judge):
         try:
             run = await run_tests(
                 app.kafka_connection(settings),
@@ -117,12 +131,7 @@ async def require_tests(settings: Settings, tests: Path, refs: dict[str, str], l
             f"--require-tests: label {label} not moved: no test file for "
             f"{', '.join(missing)} in {tests}"
         )
-    endpoint = app.model_endpoint(settings)
-    async with (
-        openai.AsyncOpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key) as judge_client,
-        _client(settings) as client,
-    ):
-        judge = ModelJudge(judge_client, endpoint.default_model, "text-embedding-3-small")
+    async with judged_session(settings, None, DEFAULT_EMBEDDING_MODEL) as (client, judge):
         try:
             run = await run_tests(
                 app.kafka_connection(settings),

@@ -255,6 +255,18 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any] | str]) -> Path:
     return path
 
 
+def uncached_jobs(directory: Path, name: str, count: int) -> Path:
+    """``directory/NAME.jsonl``: ``count`` distinct one-message jobs (``NAME0``, ``NAME1``,
+    ...) that skip the cache, so every one is a model call."""
+    return write_jsonl(
+        directory / f"{name}.jsonl",
+        [
+            {"messages": [{"role": "user", "content": f"{name}{i}"}], "cache": False}
+            for i in range(count)
+        ],
+    )
+
+
 async def sim_call(sim_url: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     """Talk to the simulator's admin API (``/sim/stats``, ``/sim/config``, ``/sim/reset``)."""
     base = sim_url.removesuffix("/v1")

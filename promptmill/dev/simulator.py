@@ -238,22 +238,20 @@ class Simulator:
 
     async def moderations(self, request: web.Request) -> web.Response:
         """``POST /v1/moderations``: flags inputs with words like "kill" or ``[[sim:flag]]``."""
-        self.stats.requests += 1
-        if (refused := self._refused()) is not None:
-            return refused
-        body = await _json_object(request)
-        if isinstance(body, web.Response):
-            return body
-        try:
-            answer = moderation_body(body)
-        except InvalidRequest as exc:
-            return error_response(400, exc.message, param=exc.param)
-        self.stats.moderations += 1
-        await asyncio.sleep(self._latency())
-        return web.json_response(answer)
+        return await self._answer(request, moderation_body, "moderations")
 
     async def embeddings(self, request: web.Request) -> web.Response:
         """``POST /v1/embeddings``: deterministic vectors, close for texts sharing words."""
+        return await self._answer(request, embeddings_body, "embeddings")
+
+    async def _answer(
+        self,
+        request: web.Request,
+        body_of: Callable[[dict[str, Any]], dict[str, Any]],
+        counter: str,
+    ) -> web.Response:
+        """A JSON request answered by ``body_of`` (its ``InvalidRequest`` is a 400), after
+        the auth check, counted in ``counter``, after the configured latency."""
         self.stats.requests += 1
         if (refused := self._refused()) is not None:
             return refused
@@ -261,10 +259,10 @@ class Simulator:
         if isinstance(body, web.Response):
             return body
         try:
-            answer = embeddings_body(body)
+            answer = body_of(body)
         except InvalidRequest as exc:
             return error_response(400, exc.message, param=exc.param)
-        self.stats.embeddings += 1
+        setattr(self.stats, counter, getattr(self.stats, counter) + 1)
         await asyncio.sleep(self._latency())
         return web.json_response(answer)
 

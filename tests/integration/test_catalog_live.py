@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from promptmill.dev.harness import Env, write_jsonl
+from promptmill.dev.harness import Env, uncached_jobs
 from promptmill.dev.processes import Started, stop
 from promptmill.dev.stack import start_model_sim
 from schemas import ChatMessage, Completion, PromptJob, encode
@@ -37,16 +37,6 @@ def _catalog(path: Path, sims: list[Started], weights: dict[str, int]) -> Path:
     return path
 
 
-def _jobs(tmp_path: Path, name: str, count: int) -> Path:
-    return write_jsonl(
-        tmp_path / f"{name}.jsonl",
-        [
-            {"messages": [{"role": "user", "content": f"{name}{i}"}], "cache": False}
-            for i in range(count)
-        ],
-    )
-
-
 async def _answered(env: Env, path: Path, **submit: bool) -> Counter[str | None]:
     records = await env.collect(await env.submit(path, **submit), within=60)
     assert all(isinstance(r, Completion) for r in records.values()), records
@@ -57,7 +47,7 @@ async def _until_routed(env: Env, tmp_path: Path, name: str, wanted: set[str]) -
     """Seconds until a small batch is routed to exactly the ``wanted`` deployments."""
     began = time.monotonic()
     for attempt in range(40):
-        seen = await _answered(env, _jobs(tmp_path, f"{name}{attempt}", 40))
+        seen = await _answered(env, uncached_jobs(tmp_path, f"{name}{attempt}", 40))
         if set(seen) == wanted:
             return time.monotonic() - began
     raise AssertionError(f"still routed to {seen}, not {wanted}")
@@ -70,18 +60,18 @@ async def test_pushed_revisions_take_effect_live_and_a_pinned_batch_keeps_its_ow
     assert "published revision 1" in env.cli("models", "push", str(first)).stdout
     assert "unchanged (revision 1)" in env.cli("models", "push", str(first)).stdout
     worker = env.start_worker()  # no PROMPTMILL_MODEL_CATALOG: it follows the topic
-    assert await _answered(env, _jobs(tmp_path, "one", 100)) == {"a": 100}
+    assert await _answered(env, uncached_jobs(tmp_path, "one", 100)) == {"a": 100}
 
     # new weights, and a deployment added: in force within 5 s, no restart
     second = _catalog(tmp_path / "two.yaml", sims, {"a": 1, "b": 3})
     assert "published revision 2" in env.cli("models", "push", str(second)).stdout
     assert await _until_routed(env, tmp_path, "two", {"a", "b"}) < 5
-    mixed = await _answered(env, _jobs(tmp_path, "mixed", 400))
+    mixed = await _answered(env, uncached_jobs(tmp_path, "mixed", 400))
     assert mixed == {"a": 100, "b": 300}  # 1:3, by smooth weighted round robin
 
     # a batch pinned to revision 2 while no worker runs; then a is removed
     worker.terminate()
-    pinned = await env.submit(_jobs(tmp_path, "pinned", 80), pin_models=True)
+    pinned = await env.submit(uncached_jobs(tmp_path, "pinned", 80), pin_models=True)
     third = _catalog(tmp_path / "three.yaml", sims, {"a": 0, "b": 1})
     assert "published revision 3" in env.cli("models", "push", str(third)).stdout
     env.start_worker()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from promptmill.dev.harness import Env, scrape, sim_call, write_jsonl
+from promptmill.dev.harness import Env, scrape, sim_call, uncached_jobs, write_jsonl
 from promptmill.dev.processes import free_port, stop
 from promptmill.dev.stack import start_model_sim
 from schemas import Completion, Failure
@@ -124,16 +124,7 @@ async def test_a_failing_deployments_breaker_opens_for_the_fleet_and_it_recovers
         PROMPTMILL_BREAKER_COOLDOWN_SECONDS="5",
     )
 
-    def jobs(name: str, count: int) -> Path:
-        return write_jsonl(
-            tmp_path / f"{name}.jsonl",
-            [
-                {"messages": [{"role": "user", "content": f"{name}{i}"}], "cache": False}
-                for i in range(count)
-            ],
-        )
-
-    first = await env.collect(await env.submit(jobs("one", 900)), within=120)
+    first = await env.collect(await env.submit(uncached_jobs(tmp_path, "one", 900)), within=120)
     assert len(first) == 900 and all(isinstance(r, Completion) for r in first.values())
     assert {r.deployment for r in first.values() if isinstance(r, Completion)} == {"a"}
     # half the jobs drew b first: 450 jobs x 2 attempts without a breaker; with it, b only
@@ -143,7 +134,7 @@ async def test_a_failing_deployments_breaker_opens_for_the_fleet_and_it_recovers
 
     await sim_call(second_sim, "POST", "/sim/config", {"error_rate": 0.0})  # b is back
     await asyncio.sleep(7)  # the cooldown, and a look at the breakers
-    second = await env.collect(await env.submit(jobs("two", 200)), within=120)
+    second = await env.collect(await env.submit(uncached_jobs(tmp_path, "two", 200)), within=120)
     back = Counter(r.deployment for r in second.values() if isinstance(r, Completion))
     assert len(second) == 200 and back["b"] >= 50, back
 
@@ -287,16 +278,7 @@ async def test_a_revoked_key_pauses_its_deployment_and_the_others_take_the_jobs(
         PROMPTMILL_MODEL_AUTH_PROBE_SECONDS="1",
     )
 
-    def jobs(name: str, count: int) -> Path:
-        return write_jsonl(
-            tmp_path / f"{name}.jsonl",
-            [
-                {"messages": [{"role": "user", "content": f"{name}{i}"}], "cache": False}
-                for i in range(count)
-            ],
-        )
-
-    first = await env.collect(await env.submit(jobs("one", 300)), within=120)
+    first = await env.collect(await env.submit(uncached_jobs(tmp_path, "one", 300)), within=120)
     assert len(first) == 300 and all(isinstance(r, Completion) for r in first.values())
     assert {r.deployment for r in first.values() if isinstance(r, Completion)} == {"fine"}
     rejected = (await sim_call(env.endpoints.sim_url, "GET", "/sim/stats"))["rejected_auth"]
@@ -308,7 +290,7 @@ async def test_a_revoked_key_pauses_its_deployment_and_the_others_take_the_jobs(
 
     await sim_call(env.endpoints.sim_url, "POST", "/sim/config", {"auth_status": 0})  # rotated
     await asyncio.sleep(2.5)  # a probe interval, and a job that probes
-    second = await env.collect(await env.submit(jobs("two", 200)), within=120)
+    second = await env.collect(await env.submit(uncached_jobs(tmp_path, "two", 200)), within=120)
     back = Counter(r.deployment for r in second.values() if isinstance(r, Completion))
     assert len(second) == 200 and back["revoked"] >= 30, back  # probed, resumed, used again
     assert (await scrape(base))[paused] == 0

@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 
-from promptmill.dev.harness import Env, scrape, sim_call, until, wait_ready, write_jsonl
+from promptmill.dev.harness import (
+    Env,
+    scrape,
+    sim_call,
+    uncached_jobs,
+    until,
+    wait_ready,
+)
 from promptmill.dev.processes import Started, free_port, stop
 from promptmill.dev.stack import start_model_sim
 from schemas import Completion
@@ -62,16 +69,6 @@ def _catalog(tmp_path: Path, sims: Sequence[Started], extra: Sequence[str]) -> P
     return path
 
 
-def _jobs(tmp_path: Path, name: str, count: int) -> Path:
-    return write_jsonl(
-        tmp_path / f"{name}.jsonl",
-        [
-            {"messages": [{"role": "user", "content": f"{name}{i}"}], "cache": False}
-            for i in range(count)
-        ],
-    )
-
-
 D2 = "promptmill-sim@d2"
 
 
@@ -112,7 +109,7 @@ async def test_weights_hold_over_6000_jobs_on_two_workers(
     for base in _workers(env, catalog, 2):
         await wait_ready(base)
     count = 6000
-    records = await env.collect(await env.submit(_jobs(tmp_path, "w", count)), within=240)
+    records = await env.collect(await env.submit(uncached_jobs(tmp_path, "w", count)), within=240)
 
     assert len(records) == count and all(isinstance(r, Completion) for r in records.values())
     answered = Counter(r.deployment for r in records.values() if isinstance(r, Completion))
@@ -139,7 +136,7 @@ async def test_each_deployments_limit_holds_while_two_workers_fill_all_three(
         await wait_ready(base)
     count = 140  # ~20 s at the sum of the limits, 7 a second
     began = time.monotonic()
-    records = await env.collect(await env.submit(_jobs(tmp_path, "l", count)), within=120)
+    records = await env.collect(await env.submit(uncached_jobs(tmp_path, "l", count)), within=120)
     elapsed = time.monotonic() - began
     since_empty = time.monotonic() - sims_started  # under a minute: the one window there is
 
@@ -170,7 +167,7 @@ async def test_a_deployment_killed_mid_batch_fails_over_and_comes_back(
     )
     await wait_ready(base)
     count = 900  # ~15 s at 60 a second
-    records, follower = env.follow(await env.submit(_jobs(tmp_path, "k", count)))
+    records, follower = env.follow(await env.submit(uncached_jobs(tmp_path, "k", count)))
     try:
         await until(lambda: len(records) >= count // 4, within=60)
         os.kill(started[1].pid, signal.SIGKILL)  # d2 dies
