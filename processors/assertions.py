@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -54,6 +53,7 @@ class Grade:
     passed: bool
     score: float
     reason: str
+    unavailable: bool = False  # the judge could not answer (a failure, for templates test)
 
 
 @dataclass(frozen=True)
@@ -102,33 +102,49 @@ class ModelJudge:
                 model=self._embedding_model, input=[output or " ", expected]
             )
         except openai.APIError as exc:
-            raise AssertionUnavailable(f"similar: the embeddings call failed: {exc}") from None
+            raise JudgeUnavailable(f"similar: the embeddings call failed: {exc}") from None
         vectors = sorted(answer.data, key=lambda d: d.index)
         return cosine(vectors[0].embedding, vectors[1].embedding)
 
     async def rubric(self, output: str, rubric: str, vars: dict[str, Any]) -> tuple[bool, str]:
-        question = f"Rubric: {rubric}\n\nOutput:\n{output}"
         try:
             answer = await self._client.chat.completions.create(
                 model=self._chat_model,
-                messages=[
-                    {"role": "system", "content": RUBRIC_PROMPT},
-                    {"role": "user", "content": question},
-                ],
-                temperature=0,
-                max_tokens=64,
+                messages=rubric_messages(output, rubric),  # type: ignore[arg-type]
+                **RUBRIC_PARAMS,
             )
         except openai.APIError as exc:
-            raise AssertionUnavailable(f"llm-rubric: the judge call failed: {exc}") from None
-        text = (answer.choices[0].message.content or "").strip()
-        verdict = text.split(maxsplit=1)[0].strip(".:,").upper() if text else ""
-        if verdict not in ("PASS", "FAIL"):
-            return False, f"the judge did not answer PASS or FAIL: {text[:120]!r}"
-        return verdict == "PASS", text[:200]
+            raise JudgeUnavailable(f"llm-rubric: the judge call failed: {exc}") from None
+        return read_rubric(answer.choices[0].message.content or "")
+
+
+RUBRIC_PARAMS: dict[str, Any] = {"temperature": 0, "max_tokens": 64}
+
+
+def rubric_messages(output: str, rubric: str) -> list[dict[str, str]]:
+    """The judge's chat for an ``llm-rubric`` assertion."""
+    return [
+        {"role": "system", "content": RUBRIC_PROMPT},
+        {"role": "user", "content": f"Rubric: {rubric}\n\nOutput:\n{output}"},
+    ]
+
+
+def read_rubric(text: str) -> tuple[bool, str]:
+    """(pass, reason) from a judge's answer: its first word is PASS or FAIL."""
+    text = text.strip()
+    verdict = text.split(maxsplit=1)[0].strip(".:,").upper() if text else ""
+    if verdict not in ("PASS", "FAIL"):
+        return False, f"the judge did not answer PASS or FAIL: {text[:120]!r}"
+    return verdict == "PASS", text[:200]
 
 
 class AssertionUnavailable(Exception):
     """An assertion that could not be evaluated (it fails, with this as its reason)."""
+
+
+class JudgeUnavailable(AssertionUnavailable):
+    """The model behind a model-backed assertion did not answer (the online evals leave
+    such an assertion out of the score instead)."""
 
 
 def cosine(a: Sequence[float], b: Sequence[float]) -> float:
@@ -167,7 +183,7 @@ async def grade(
     try:
         passed, score, reason = await _check(assertion, observed, judge, python_file)
     except AssertionUnavailable as exc:
-        return Grade(assertion, False, 0.0, str(exc))
+        return Grade(assertion, False, 0.0, str(exc), isinstance(exc, JudgeUnavailable))
     if assertion.negated:
         passed, score = not passed, 1.0 - score
         claim = f"not ({reason.removeprefix('expected: ')})"
@@ -202,7 +218,7 @@ async def _check(
     if kind == "starts-with":
         return _plain(out.startswith(value), f"output starts with {_short(value)}")
     if kind == "regex":
-        return _plain(re.search(value, out) is not None, f"output matches /{value}/")
+        return _plain(await regex_search(value, out), f"output matches /{value}/")
     if kind == "is-json":
         return _json([out], value, "output is JSON")
     if kind == "contains-json":
@@ -273,6 +289,97 @@ def _json_candidates(text: str) -> list[str]:
             out.append(text[start : end + 1])
             end = text.rfind(close, start, end)
     return out
+
+
+REGEX_TIMEOUT_SECONDS = 1.0
+_REGEX_LOOP = """
+import json, re, sys
+compiled = {}
+for line in sys.stdin:
+    pattern, text = json.loads(line)
+    try:
+        if pattern not in compiled:
+            if len(compiled) > 256:
+                compiled.clear()
+            compiled[pattern] = re.compile(pattern)
+        sys.stdout.write("1\\n" if compiled[pattern].search(text) else "0\\n")
+    except Exception as exc:
+        sys.stdout.write("E " + str(exc).replace("\\n", " ") + "\\n")
+    sys.stdout.flush()
+"""
+
+
+class RegexSandbox:
+    """``re.search`` in a child process, within a time limit.
+
+    A regex assertion is written by a template's owner but runs on whatever a model wrote,
+    and a pattern such as ``(a+)+$`` backtracks for hours on a few dozen characters;
+    Python cannot interrupt a match (nor does ``re`` let go of the GIL), so on the event
+    loop it would freeze the worker. The child matches one pair at a time; one that runs
+    past ``limit`` is killed and replaced, and the assertion fails saying so.
+    """
+
+    def __init__(self, limit: float = REGEX_TIMEOUT_SECONDS) -> None:
+        self._limit = limit
+        self._child: asyncio.subprocess.Process | None = None
+        self._lock = asyncio.Lock()
+
+    async def search(self, pattern: str, text: str) -> bool:
+        async with self._lock:
+            child = self._child
+            if child is None or child.returncode is not None:
+                child = self._child = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-I",
+                    "-c",
+                    _REGEX_LOOP,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                )
+            assert child.stdin is not None and child.stdout is not None
+            try:
+                child.stdin.write(orjson.dumps([pattern, text]) + b"\n")
+                await asyncio.wait_for(child.stdin.drain(), self._limit)
+                answer = await asyncio.wait_for(child.stdout.readline(), self._limit)
+            except (TimeoutError, ConnectionError) as exc:
+                await self.close()
+                if isinstance(exc, TimeoutError):
+                    raise AssertionUnavailable(
+                        f"regex /{pattern}/ did not finish within {self._limit:g} s on an "
+                        f"output of {len(text)} characters"
+                    ) from None
+                raise AssertionUnavailable(f"regex /{pattern}/: the matcher died") from None
+        if answer.startswith(b"E "):
+            raise AssertionUnavailable(f"regex /{pattern}/: {answer[2:].decode().strip()}")
+        if answer.strip() not in (b"0", b"1"):
+            await self.close()
+            raise AssertionUnavailable(f"regex /{pattern}/: the matcher died")
+        return answer.strip() == b"1"
+
+    async def close(self) -> None:
+        child, self._child = self._child, None
+        if child is not None and child.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+            await child.wait()
+
+
+_sandboxes: dict[asyncio.AbstractEventLoop, RegexSandbox] = {}
+
+
+async def regex_search(pattern: str, text: str) -> bool:
+    """Whether ``pattern`` matches somewhere in ``text``, in this event loop's
+    :class:`RegexSandbox` (raises :class:`AssertionUnavailable` past its time limit)."""
+    loop = asyncio.get_running_loop()
+    for other in [k for k in _sandboxes if k.is_closed()]:
+        stale = _sandboxes.pop(other)._child  # its loop is gone: just kill the process
+        if stale is not None and stale.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                stale.kill()
+    sandbox = _sandboxes.get(loop)
+    if sandbox is None:
+        sandbox = _sandboxes[loop] = RegexSandbox()
+    return await sandbox.search(pattern, text)
 
 
 _RUNNER = """

@@ -159,6 +159,27 @@ class ModelClient:
             )
         return body, attempt
 
+    async def embed(
+        self, model: str, inputs: list[str], gate: Gate | None = None
+    ) -> tuple[list[list[float]], int]:
+        """The provider's ``/v1/embeddings`` vectors of ``inputs`` (in order), and the
+        attempts made."""
+
+        async def send(client: openai.AsyncOpenAI) -> Any:
+            return await client.embeddings.with_raw_response.create(model=model, input=inputs)
+
+        _, body, attempt = await self._with_retries(send, gate)
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list) or len(data) != len(inputs):
+            raise ModelCallError(
+                "embeddings answer without one vector per input",
+                code=ErrorCode.MODEL_ERROR,
+                retriable=False,
+                attempts=attempt,
+            )
+        ordered = sorted(data, key=lambda d: int(d.get("index", 0)))
+        return [[float(x) for x in d.get("embedding") or []] for d in ordered], attempt
+
     async def _with_retries(
         self,
         send: Callable[[openai.AsyncOpenAI], Awaitable[Any]],

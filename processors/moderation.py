@@ -21,7 +21,7 @@ from processors.fleet import FleetState
 from processors.fleet.ticket import Ticket
 from processors.model import ModelCallError, ModelClient
 from processors.runtime import InRecord, Outcome
-from processors.runtime.deadletters import About, DeadLetters
+from processors.runtime.deadletters import About, DeadLetters, completion_of
 from schemas import (
     Completion,
     ErrorCode,
@@ -125,7 +125,7 @@ class ModerationProcessor:
         )
 
     def dead_letter(self, record: InRecord, error: BaseException) -> Outcome:
-        return self._dead.of_error(record, error, About.of(_completion_of(record)))
+        return self._dead.of_error(record, error, About.of(completion_of(record)))
 
     def _failure(
         self,
@@ -137,10 +137,3 @@ class ModerationProcessor:
     ) -> Outcome:
         about = About.of(completion)
         return self._dead.outcome(record, code, f"moderation: {message}", about, attempts=attempts)
-
-
-def _completion_of(record: InRecord) -> Completion | None:
-    try:
-        return Completion.model_validate_json(record.value or b"")
-    except ValidationError:
-        return None

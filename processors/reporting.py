@@ -1,11 +1,13 @@
 """The reporting processor: windowed usage totals per tenant x template@version x model
-(x the catalog's group and deployment, for routed completions).
+(x the catalog's group and deployment, for routed completions), and the online evals'
+pass rates in the same windows.
 
-It consumes the completions and failures topics on the shared runtime and keeps its state
-in Redis, where one script per record does everything that must not be split by a crash:
-add the job id to its batch's set and, only if it is new, count the record into its
-window (requests, completions, failures by code, cache hits, tokens, cost, a latency
-histogram), bump the window's revision and mark the window dirty with that revision.
+It consumes the completions, failures and evals topics on the shared runtime and keeps its
+state in Redis, where one script per record does everything that must not be split by a
+crash: add the job id (``eval:`` + it, for a score) to its batch's set and, only if it is
+new, count the record into its window (requests, completions, failures by code, cache
+hits, tokens, cost, a latency histogram; or a score's pass, score and assertions), bump
+the window's revision and mark the window dirty with that revision.
 Redelivered records after a ``kill -9`` therefore change nothing, and nothing counted
 can be lost: the input offset is committed only after the script ran.
 
@@ -36,6 +38,7 @@ from processors.runtime import InRecord, Outcome
 from processors.runtime.deadletters import About, DeadLetters
 from processors.runtime.ordered import PartitionOrder
 from schemas import Completion, Failure, Stage, WindowReport, encode
+from schemas.evals import EvalScore
 from schemas.reports import (
     LATENCY_BOUNDS_MS,
     NONE,
@@ -52,10 +55,11 @@ from topics.redis import REDIS_ERRORS, LuaScript, RedisClient, tagged
 log = logging.getLogger(__name__)
 
 # KEYS: the batch's job-id set, the window hash, the dirty set.
-# ARGV: job id, window key, TTL, tenant, template, model, group, deployment, window start,
-# window seconds, kind, then per kind -- completion: cached, prompt tokens, completion
-# tokens, cost, latency bucket (-1: none) | failure: code. Returns 1 if counted, 0 if seen
-# before.
+# ARGV: member (the job id; "eval:" + it for a score), window key, TTL, tenant, template,
+# model, group, deployment, window start, window seconds, kind, then per kind --
+# completion: cached, prompt tokens, completion tokens, cost, latency bucket (-1: none) |
+# failure: code | eval: passed, score, then (assertion type, passed) pairs. Returns 1 if
+# counted, 0 if seen before.
 COUNT = """
 if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
 local w = KEYS[2]
@@ -66,7 +70,17 @@ redis.call('HSETNX', w, 'group', ARGV[7])
 redis.call('HSETNX', w, 'deployment', ARGV[8])
 redis.call('HSETNX', w, 'window_start', ARGV[9])
 redis.call('HSETNX', w, 'window_seconds', ARGV[10])
-redis.call('HINCRBY', w, 'requests', 1)
+if ARGV[11] == 'eval' then
+  redis.call('HINCRBY', w, 'evaluated', 1)
+  redis.call('HINCRBY', w, 'eval_passed', ARGV[12])
+  redis.call('HINCRBYFLOAT', w, 'eval_score', ARGV[13])
+  for i = 14, #ARGV - 1, 2 do
+    redis.call('HINCRBY', w, 'an:' .. ARGV[i], 1)
+    redis.call('HINCRBY', w, 'ap:' .. ARGV[i], ARGV[i + 1])
+  end
+else
+  redis.call('HINCRBY', w, 'requests', 1)
+end
 if ARGV[11] == 'completion' then
   redis.call('HINCRBY', w, 'completions', 1)
   redis.call('HINCRBY', w, 'cache_hits', ARGV[12])
@@ -74,7 +88,7 @@ if ARGV[11] == 'completion' then
   redis.call('HINCRBY', w, 'completion_tokens', ARGV[14])
   redis.call('HINCRBYFLOAT', w, 'cost_usd', ARGV[15])
   if ARGV[16] ~= '-1' then redis.call('HINCRBY', w, 'lat:' .. ARGV[16], 1) end
-else
+elseif ARGV[11] == 'failure' then
   redis.call('HINCRBY', w, 'failed:' .. ARGV[12], 1)
 end
 local revision = redis.call('HINCRBY', w, 'revision', 1)
@@ -175,14 +189,14 @@ class ReportingProcessor:
         counted = _count_args(record.value, self._config.window_seconds)
         if counted is None:
             return []  # not a job's terminal record (a downstream dead letter, a foreign record)
-        batch_id, job_id, start, dims, tail = counted
+        batch_id, member, start, dims, tail = counted
         wkey = window_key(start, *dims)
         keys = [
             self._key("seen", batch_id),
             self._key("w", wkey),
             self._key("dirty"),
         ]
-        args: list[Any] = [job_id, wkey, self._config.ttl_seconds, *dims, int(start.timestamp())]
+        args: list[Any] = [member, wkey, self._config.ttl_seconds, *dims, int(start.timestamp())]
         args += [self._config.window_seconds, *tail]
         async with self._order(record):  # the first record of a job by offset is the one counted
             new = await until_redis_answers(lambda: self._count(keys, args), "reporting", log=log)
@@ -259,9 +273,13 @@ class ReportingProcessor:
 def _count_args(
     value: bytes | None, window_seconds: int
 ) -> tuple[str, str, datetime, tuple[str, str, str, str, str], list[Any]] | None:
-    """(batch id, job id, window start, dimensions, kind arguments) of a terminal record."""
+    """(batch id, member of its seen set, window start, dimensions, kind arguments) of a
+    terminal record or an eval score."""
     try:
-        record = terminal_record(orjson.loads(value or b""))
+        data = orjson.loads(value or b"")
+        if isinstance(data, dict) and data.get("kind") == "eval":
+            return _eval_args(EvalScore.model_validate(data), window_seconds)
+        record = terminal_record(data)
     except (orjson.JSONDecodeError, ValidationError):
         return None
     if isinstance(record, Completion):
@@ -295,6 +313,24 @@ def _count_args(
     return None
 
 
+def _eval_args(
+    score: EvalScore, window_seconds: int
+) -> tuple[str, str, datetime, tuple[str, str, str, str, str], list[Any]]:
+    """A score counts into its completion's window, once per job (its own member)."""
+    tail: list[Any] = ["eval", int(score.passed), repr(score.score)]
+    for graded in score.assertions:
+        tail += [graded.type, int(graded.passed)]
+    dims = (
+        score.tenant,
+        template_label(score.template, score.template_version),
+        score.model,
+        score.group or NONE,
+        score.deployment or NONE,
+    )
+    start = _window(score.completed_at, window_seconds)
+    return score.batch_id, f"eval:{score.job_id}", start, dims, tail
+
+
 def _window(at: datetime, seconds: int) -> datetime:
     epoch = int(at.timestamp())
     return datetime.fromtimestamp(epoch - epoch % seconds, UTC)
@@ -325,4 +361,9 @@ def window_report(snapshot: dict[bytes, bytes]) -> WindowReport:
         latency_histogram=histogram,
         latency_p50_ms=percentile(histogram, 0.5),
         latency_p95_ms=percentile(histogram, 0.95),
+        evaluated=int(fields.get("evaluated", 0)),
+        eval_passed=int(fields.get("eval_passed", 0)),
+        eval_score_sum=float(fields.get("eval_score", 0.0)),
+        assertion_counts={k[3:]: int(v) for k, v in fields.items() if k.startswith("an:")},
+        assertion_passes={k[3:]: int(v) for k, v in fields.items() if k.startswith("ap:")},
     )

@@ -85,6 +85,26 @@ class ReportRow:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     histogram: dict[float, int] = field(default_factory=dict)
+    evaluated: int = 0  # completions graded by their template's online checks
+    eval_passed: int = 0
+    eval_score_sum: float = 0.0
+    assertion_counts: dict[str, int] = field(default_factory=dict)
+    assertion_passes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pass_rate(self) -> float | None:
+        return self.eval_passed / self.evaluated if self.evaluated else None
+
+    @property
+    def mean_score(self) -> float | None:
+        return self.eval_score_sum / self.evaluated if self.evaluated else None
+
+    def assertion_rates(self) -> dict[str, float]:
+        return {
+            kind: round(self.assertion_passes.get(kind, 0) / count, 4)
+            for kind, count in sorted(self.assertion_counts.items())
+            if count
+        }
 
     @property
     def failed(self) -> int:
@@ -114,6 +134,15 @@ class ReportRow:
         self.completion_tokens += other.completion_tokens
         self.cost_usd += other.cost_usd
         self.histogram = merge_histograms([self.histogram, histogram])
+        self.evaluated += other.evaluated
+        self.eval_passed += other.eval_passed
+        self.eval_score_sum += other.eval_score_sum
+        for mine, theirs in (
+            (self.assertion_counts, other.assertion_counts),
+            (self.assertion_passes, other.assertion_passes),
+        ):
+            for kind, count in theirs.items():
+                mine[kind] = mine.get(kind, 0) + count
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -128,6 +157,10 @@ class ReportRow:
             "cost_usd": round(self.cost_usd, 6),
             "latency_p50_ms": self.p50_ms,
             "latency_p95_ms": self.p95_ms,
+            "evaluated": self.evaluated,
+            "eval_pass_rate": None if self.pass_rate is None else round(self.pass_rate, 4),
+            "eval_mean_score": None if self.mean_score is None else round(self.mean_score, 4),
+            "assertion_pass_rates": self.assertion_rates(),
         }
 
 
@@ -162,6 +195,7 @@ def render(rows: Sequence[ReportRow], fmt: str) -> str:
 def _flat(row: ReportRow) -> dict[str, object]:
     flat = row.as_dict()
     flat["failures"] = " ".join(f"{k}={v}" for k, v in sorted(row.failures.items()))
+    flat["assertion_pass_rates"] = " ".join(f"{k}={v}" for k, v in row.assertion_rates().items())
     return flat
 
 
@@ -179,10 +213,19 @@ _COLUMNS = (
 )
 
 
-def _cells(row: ReportRow) -> list[str]:
+_EVAL_COLUMNS = ("EVALS", "PASS_RATE", "SCORE")  # shown when any row was evaluated
+
+
+def _cells(row: ReportRow, evals: bool = False) -> list[str]:
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:.0f}" if value >= 10 else f"{value:.1f}"
 
+    def share(value: float | None, percent: bool) -> str:
+        if value is None:
+            return "-"
+        return f"{100 * value:.1f}%" if percent else f"{value:.3f}"
+
+    graded = [str(row.evaluated), share(row.pass_rate, True), share(row.mean_score, False)]
     return [
         *row.group.values(),
         str(row.requests),
@@ -194,21 +237,24 @@ def _cells(row: ReportRow) -> list[str]:
         f"{row.cost_usd:.6f}",
         ms(row.p50_ms),
         ms(row.p95_ms),
+        *(graded if evals else []),
         " ".join(f"{k}={v}" for k, v in sorted(row.failures.items())) or "-",
     ]
 
 
 def _table(rows: Sequence[ReportRow]) -> str:
     names = [name.upper() for name in rows[0].group] if rows else []
-    body = [_cells(row) for row in rows]
+    evals = any(row.evaluated for row in rows)
+    body = [_cells(row, evals) for row in rows]
     if len(rows) > 1:
         total = ReportRow({name: "" for name in rows[0].group})
         for row in rows:
             total.merge(row)
         if names:
             total.group[next(iter(total.group))] = "TOTAL"
-        body.append(_cells(total))
-    header = [*names, *_COLUMNS]
+        body.append(_cells(total, evals))
+    columns = [*_COLUMNS[:-1], *(_EVAL_COLUMNS if evals else ()), _COLUMNS[-1]]
+    header = [*names, *columns]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     numeric = range(len(names), len(header) - 1)
     lines = []

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ from jinja2.sandbox import SandboxedEnvironment
 from schemas import CatalogRevision, LabelRecord, Template, encode
 from schemas.audit import Actor, AuditAction, AuditEvent
 from schemas.catalog import parse_catalog
-from schemas.prompt_tests import TESTS_SUFFIX
+from schemas.evals import OnlineChecks
+from schemas.prompt_tests import TESTS_SUFFIX, LoadedTests, find_test_files, load_test_file
 from schemas.templates import TemplateBody
 from schemas.yaml_files import YamlFileError, line_of, load_yaml, validate_yaml
 from topics import KafkaConnection, TopicCatalog, TopicKind
@@ -43,11 +44,12 @@ TemplateFileError = YamlFileError  # a template file that cannot be loaded
 class TemplateFile:
     path: Path
     body: TemplateBody
+    tests: LoadedTests | None = None  # its NAME.tests.yaml, whose online checks are pushed
 
 
 def load_template_dir(directory: Path) -> list[TemplateFile]:
-    """Every ``*.yaml``/``*.yml`` template below ``directory``, validated (test files,
-    ``NAME.tests.yaml``, are not templates)."""
+    """Every ``*.yaml``/``*.yml`` template below ``directory``, validated, each with its test
+    file (``NAME.tests.yaml`` anywhere below ``directory``; validated too), if any."""
     if not directory.is_dir():
         raise TemplateFileError(f"{directory}: not a directory")
     files = sorted(
@@ -65,7 +67,8 @@ def load_template_dir(directory: Path) -> list[TemplateFile]:
                 f"{item.path}: template name {item.body.name!r} also used by {seen[item.body.name]}"
             )
         seen[item.body.name] = item.path
-    return loaded
+    tests = {t.template: t for t in map(load_test_file, find_test_files(directory))}
+    return [replace(item, tests=tests.get(item.body.name)) for item in loaded]
 
 
 def load_template_file(path: Path) -> TemplateFile:
@@ -113,6 +116,10 @@ async def push_templates(
             if label is not None and store.labels(name).get(label) != version:
                 records.append(LabelRecord(name=name, label=label, version=version))
                 actions.append(f"{name}: label {label} -> version {version}")
+            checks = _online_checks(item)
+            if checks is not None and store.checks_hash(name) != checks.content_hash:
+                records.append(checks)
+                actions.append(f"{name}: online checks -> {len(checks.assertions)} assertion(s)")
         return records, actions
 
     return await _transaction(conn, catalog, plan, actor)
@@ -165,6 +172,21 @@ async def end_canary(
     return kept[0]
 
 
+def _online_checks(item: TemplateFile) -> OnlineChecks | None:
+    """The online checks of a template's test file (none without one); an empty list,
+    when the file marks none, turns earlier ones off."""
+    if item.tests is None:
+        return None
+    assertions, threshold = item.tests.online(), item.tests.threshold
+    return OnlineChecks(
+        name=item.body.name,
+        assertions=assertions,
+        threshold=threshold,
+        origin=str(item.tests.path),
+        content_hash=OnlineChecks.hash_of(assertions, threshold),
+    )
+
+
 def read_catalog_file(path: Path) -> str:
     """A model catalog file's text, validated: errors name file, line and field."""
     try:
@@ -207,7 +229,7 @@ def _retrieve(producer: Any, sent: list[asyncio.Future[Any]]) -> None:
             future.exception()
 
 
-Record = Template | LabelRecord | CatalogRevision
+Record = Template | LabelRecord | CatalogRevision | OnlineChecks
 Plan = Callable[[TemplateStore], tuple[list[Record], list[str]]]
 
 
@@ -223,6 +245,16 @@ def _audit(actor: Actor, record: Record, store: TemplateStore) -> AuditEvent:
         }
         return AuditEvent(
             actor=actor, action=AuditAction.CATALOG_PUSHED, target="models", details=details
+        )
+    if isinstance(record, OnlineChecks):
+        details = {
+            "assertions": [a.type for a in record.assertions],
+            "threshold": record.threshold,
+            "content_hash": record.content_hash,
+            "origin": record.origin,
+        }
+        return AuditEvent(
+            actor=actor, action=AuditAction.CHECKS_PUSHED, target=record.name, details=details
         )
     if isinstance(record, Template):
         details = {"version": record.version, "content_hash": record.content_hash}

@@ -138,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_output_options(p)
     batch.add_run_options(p)
     p = command(
-        "worker", worker.worker, "run a processor (prompts, moderation, batches, reporting)"
+        "worker",
+        worker.worker,
+        "run a processor (prompts, moderation, evals, batches, reporting, outputs)",
     )
     p.add_argument("--processor", choices=list(worker.PROCESSORS), default="prompts")
     p.add_argument("--concurrency", type=int, help="jobs in flight (default: setting)")

@@ -121,6 +121,14 @@ class Settings(BaseSettings):
     report_window_seconds: int = Field(default=60, ge=1, le=86400)
     report_flush_seconds: float = Field(default=1.0, gt=0)
 
+    # Quality in production (promptmill worker --processor evals)
+    evals_judge_sample: float = Field(default=0.1, ge=0, le=1)
+    evals_judge_model: str | None = None
+    evals_embedding_model: str = "text-embedding-3-small"
+    evals_alert_pass_rate: float | None = Field(default=None, ge=0, le=1)
+    evals_alert_window: int = Field(default=200, ge=1, le=100_000)
+    evals_alert_min_samples: int = Field(default=20, ge=1)
+
     # The HTTP front door (promptmill serve)
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(default=8080, ge=0, le=65535)

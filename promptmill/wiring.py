@@ -15,6 +15,7 @@ from typing import Any
 
 from processors.batches import BatchTracker
 from processors.classifier import Classifier
+from processors.evals import EvalsConfig, EvalsProcessor
 from processors.fleet import FleetState, LimitTable
 from processors.fleet.breakers import Breakers
 from processors.fleet.credentials import CredentialGuard
@@ -57,8 +58,8 @@ class Built:
 async def build(
     name: str, settings: Settings, resources: AsyncExitStack, metrics: Registry
 ) -> Built:
-    """The processor ``name`` (prompts, moderation, batches, reporting, outputs), ready to
-    run."""
+    """The processor ``name`` (prompts, moderation, evals, batches, reporting, outputs),
+    ready to run."""
     conn, catalog = app.kafka_connection(settings), app.catalog(settings)
     prefix = settings.redis_key_prefix
     if name == "batches":
@@ -103,6 +104,18 @@ async def build(
             catalog, model, settings.moderation_model, metrics, fleet, classifier
         )
         return Built(moderation, guard)
+    if name == "evals":
+        registry = await _templates(settings, resources, metrics)
+        checks = EvalsConfig(
+            judge_sample=settings.evals_judge_sample,
+            judge_model=settings.evals_judge_model or endpoint.default_model,
+            embedding_model=settings.evals_embedding_model,
+            alert_pass_rate=settings.evals_alert_pass_rate,
+            alert_window=settings.evals_alert_window,
+            alert_min_samples=settings.evals_alert_min_samples,
+        )
+        evals = EvalsProcessor(catalog, registry.store, model, fleet, checks, metrics)
+        return Built(evals, guard)
     registry = await _templates(settings, resources, metrics)
     breakers = _breakers(settings, shared, metrics)
     prompts = PromptProcessor(

@@ -18,6 +18,7 @@ class AuditAction(StrEnum):
     TEMPLATE_PUSHED = "template.pushed"
     LABEL_MOVED = "label.moved"
     CATALOG_PUSHED = "catalog.pushed"  # a new revision of the model catalog
+    CHECKS_PUSHED = "checks.pushed"  # a template's online checks (from its test file)
     BATCH_CREATED = "batch.created"
     BATCH_CANCELLED = "batch.cancelled"
     FILE_DELETED = "file.deleted"

@@ -67,6 +67,8 @@ TYPES: dict[str, str] = {
     "latency": "number",
 }
 DEFAULT_SIMILARITY = 0.75
+# python needs its file, which the workers do not have: it runs in `templates test` only
+OFFLINE_ONLY = frozenset({"python"})
 
 
 class Assertion(BaseModel):
@@ -177,6 +179,17 @@ class LoadedTests(BaseModel):
     path: Path
     cases: list[TestCase]
     lines: list[int]  # each case's line in the file
+    threshold: float | None = None  # the defaults' threshold (of the online checks too)
+
+    def online(self) -> list[Assertion]:
+        """The assertions marked ``online: true`` (from the defaults or any case), each
+        once, in the order they first appear: production completions are graded by them."""
+        seen: dict[str, Assertion] = {}
+        for case in self.cases:
+            for assertion in case.assertions:
+                if assertion.online:
+                    seen.setdefault(assertion.model_dump_json(), assertion)
+        return list(seen.values())
 
     def python_file(self, assertion: Assertion) -> tuple[Path, str]:
         """A python assertion's file (relative to the test file) and function name."""
@@ -199,7 +212,11 @@ def load_test_file(path: Path) -> LoadedTests:
         cases.append(merged)
         lines.append(line_of(node, ["tests", index]))
     loaded = LoadedTests(
-        template=path.name.removesuffix(TESTS_SUFFIX), path=path, cases=cases, lines=lines
+        template=path.name.removesuffix(TESTS_SUFFIX),
+        path=path,
+        cases=cases,
+        lines=lines,
+        threshold=parsed.defaults.threshold,
     )
     places: list[tuple[list[Any], list[Assertion]]] = [
         (["defaults", "assert"], parsed.defaults.assertions)
@@ -207,6 +224,13 @@ def load_test_file(path: Path) -> LoadedTests:
     places += [(["tests", i, "assert"], case.assertions) for i, case in enumerate(parsed.tests)]
     for loc, assertions in places:
         for position, assertion in enumerate(assertions):
+            if assertion.online and assertion.base_type in OFFLINE_ONLY:
+                where = line_of(node, [*loc, position, "online"])
+                field = ".".join(str(p) for p in [*loc, position, "online"])
+                raise YamlFileError(
+                    f"{path}:{where}: field {field}: a {assertion.type} assertion cannot run "
+                    "online (the workers do not have its file)"
+                )
             file = loaded.python_file(assertion)[0] if assertion.base_type == "python" else None
             if file is not None and not file.is_file():
                 where = line_of(node, [*loc, position, "value"])

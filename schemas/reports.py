@@ -90,6 +90,12 @@ class WindowReport(BaseModel):
     latency_histogram: dict[float, int] = Field(default_factory=dict)  # upper bound ms -> count
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
+    # the online evals of this window's completions (promptmill worker --processor evals)
+    evaluated: int = 0
+    eval_passed: int = 0
+    eval_score_sum: float = 0.0
+    assertion_counts: dict[str, int] = Field(default_factory=dict)  # by assertion type
+    assertion_passes: dict[str, int] = Field(default_factory=dict)
     updated_at: datetime = Field(default_factory=utcnow)
 
     @property

@@ -83,6 +83,7 @@ class Stage(StrEnum):
     MODERATION = "moderation"
     BATCHES = "batches"
     REPORTING = "reporting"
+    EVALS = "evals"
 
 
 class Failure(BaseModel):

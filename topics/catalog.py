@@ -30,6 +30,7 @@ class TopicKind(StrEnum):
     FLAGGED = "flagged"
     REPORTS = "reports"
     AUDIT = "audit"
+    EVALS = "evals"  # a score per completion of a template with online checks
 
 
 class ConsumerGroup(StrEnum):
@@ -40,6 +41,7 @@ class ConsumerGroup(StrEnum):
     BATCHES = "batches"
     REPORTING = "reporting"
     OUTPUTS = "outputs"
+    EVALS = "evals"
 
 
 class TransactionalId(StrEnum):
@@ -59,6 +61,7 @@ DEFAULT_PARTITIONS: dict[TopicKind, int] = {
     TopicKind.FLAGGED: 3,
     TopicKind.REPORTS: 3,
     TopicKind.AUDIT: 1,  # one partition: the trail reads in the order it was written
+    TopicKind.EVALS: 6,
 }
 DEFAULT_RETENTION_MS: dict[TopicKind, int] = {
     TopicKind.JOBS: 7 * DAY_MS,
@@ -71,6 +74,7 @@ DEFAULT_RETENTION_MS: dict[TopicKind, int] = {
     TopicKind.FLAGGED: 30 * DAY_MS,
     TopicKind.REPORTS: 90 * DAY_MS,
     TopicKind.AUDIT: 400 * DAY_MS,
+    TopicKind.EVALS: 30 * DAY_MS,
 }
 COMPACTED = {TopicKind.TEMPLATES}
 # With acks=all a write is acknowledged once every in-sync replica has it. Two in-sync

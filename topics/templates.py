@@ -3,8 +3,9 @@
 Both sides need it: workers render the version a job names, and producers pin labels to
 versions at submit time and pick the next version number at push. The compacted topic
 holds immutable versions keyed ``version:<name>:<n>`` and labels keyed
-``label:<name>:<label>`` (see :mod:`schemas.templates`), and the model catalog's
-revisions keyed ``catalog:models:<n>``.
+``label:<name>:<label>`` (see :mod:`schemas.templates`), the model catalog's
+revisions keyed ``catalog:models:<n>``, and each template's online checks keyed
+``checks:<name>`` (:mod:`schemas.evals`).
 
 :class:`TemplateStore` is fed records in topic order and answers
 ``resolve("summarize@production")``. Anything on the topic that is not a valid record --
@@ -39,6 +40,7 @@ from schemas import (
     decode,
 )
 from schemas.catalog import Catalog, parse_catalog
+from schemas.evals import OnlineChecks
 from schemas.yaml_files import YamlFileError
 from topics.connection import KafkaConnection
 from topics.partitions import read_to_end, topic_partitions
@@ -58,6 +60,7 @@ class TemplateStore:
         self._labels: dict[str, dict[str, int]] = {}
         self._catalogs: dict[int, tuple[CatalogRevision, Catalog]] = {}
         self._canaries: dict[str, dict[str, tuple[int, float]]] = {}
+        self._checks: dict[str, OnlineChecks] = {}
         self.skipped = 0  # records that were not valid templates-topic records
 
     def apply(self, key: bytes | None, value: bytes | None) -> bool:
@@ -71,8 +74,14 @@ class TemplateStore:
         name, _, selector = rest.partition(":")
         if kind == "catalog" and name == "models" and selector.isdigit():
             return self._apply_catalog(key, text, int(selector), value)
+        if kind == "checks" and name and not selector:
+            return self._apply_checks(key, text, name, value)
         if kind not in ("label", "version") or not name or not selector:
-            return self._skip(key, "the key is not version:<name>:<n> or label:<name>:<label>")
+            return self._skip(
+                key,
+                "the key is not version:<name>:<n>, label:<name>:<label>, checks:<name> or "
+                "catalog:models:<n>",
+            )
         if value is None:
             if kind == "label":
                 self._labels.get(name, {}).pop(selector, None)
@@ -121,6 +130,32 @@ class TemplateStore:
             return self._skip(key, str(exc))
         self._catalogs[revision] = (record, catalog)
         return True
+
+    def _apply_checks(self, key: bytes | None, text: str, name: str, value: bytes | None) -> bool:
+        if value is None:
+            self._checks.pop(name, None)
+            return True
+        try:
+            record = decode(value, OnlineChecks)
+        except ValidationError as exc:
+            return self._skip(key, str(exc.errors()[0]["msg"]))
+        if record.key != text:
+            return self._skip(key, f"the value is {record.key}, not what the key says")
+        if OnlineChecks.hash_of(record.assertions, record.threshold) != record.content_hash:
+            return self._skip(key, "content_hash does not match the checks")
+        self._checks[name] = record
+        return True
+
+    def checks(self, name: str) -> OnlineChecks | None:
+        """The online checks of template ``name`` (None if none were pushed, or the last
+        push had none)."""
+        found = self._checks.get(name)
+        return found if found is not None and found.assertions else None
+
+    def checks_hash(self, name: str) -> str | None:
+        """The content hash of the newest checks record of ``name`` (empty ones too)."""
+        found = self._checks.get(name)
+        return found.content_hash if found is not None else None
 
     def catalog(self, revision: int | None = None) -> tuple[CatalogRevision, Catalog] | None:
         """The model catalog's newest revision (or ``revision``), parsed; None if the topic

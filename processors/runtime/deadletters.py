@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from processors.runtime.records import InRecord, Outcome
 from schemas import (
@@ -172,3 +173,11 @@ def dead_letter(topic: str, failure: Failure) -> Outcome:
         dead_letter=True,
         code=failure.code.value,
     )
+
+
+def completion_of(record: InRecord) -> Completion | None:
+    """The completion a record of the completions topic holds, if it is one."""
+    try:
+        return Completion.model_validate_json(record.value or b"")
+    except ValidationError:
+        return None

@@ -12,7 +12,6 @@ from producers.evaluation import Comparison, Side, evaluate
 from producers.prompt_tests import CouldNotRun
 from promptmill import app
 from promptmill.commands.prompt_tests import (
-    DEFAULT_EMBEDDING_MODEL,
     EXIT_COULD_NOT_RUN,
     EXIT_FAILED,
     judged_session,
@@ -45,7 +44,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--html", type=Path, metavar="FILE", help="write an HTML report")
     parser.add_argument("--timeout", type=float, default=600.0)
-    parser.add_argument("--embedding-model", default=DEFAULT_EMBEDDING_MODEL)
+    parser.add_argument("--embedding-model", help="default: PROMPTMILL_EVALS_EMBEDDING_MODEL")
 
 
 async def evaluate_command(settings: Settings, args: argparse.Namespace) -> None:

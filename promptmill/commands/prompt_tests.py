@@ -23,7 +23,6 @@ from promptmill.settings import Settings
 from schemas import PromptmillError
 from schemas.prompt_tests import TESTS_SUFFIX, LoadedTests, find_test_files, load_test_file
 
-DEFAULT_EMBEDDING_MODEL = "text-embedding-3-small"
 EXIT_FAILED = 1
 EXIT_COULD_NOT_RUN = 2
 
@@ -48,14 +47,14 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--embedding-model",
-        default=DEFAULT_EMBEDDING_MODEL,
-        help="the model of `similar` assertions' embeddings",
+        help="the model of `similar` assertions' embeddings (default: "
+        "PROMPTMILL_EVALS_EMBEDDING_MODEL)",
     )
 
 
 @asynccontextmanager
 async def judged_session(
-    settings: Settings, chat_model: str | None, embedding_model: str
+    settings: Settings, chat_model: str | None, embedding_model: str | None
 ) -> AsyncIterator[tuple[Client, ModelJudge]]:
     """A started submit client, and the model endpoint as judge (``chat_model``: its
     default model when None), both closed on exit."""
@@ -66,7 +65,11 @@ async def judged_session(
         ) as judge_client,
         _client(settings) as client,
     ):
-        judge = ModelJudge(judge_client, chat_model or endpoint.default_model, embedding_model)
+        judge = ModelJudge(
+            judge_client,
+            chat_model or endpoint.default_model,
+            embedding_model or settings.evals_embedding_model,
+        )
         yield client, judge
 
 
@@ -131,7 +134,7 @@ async def require_tests(settings: Settings, tests: Path, refs: dict[str, str], l
             f"--require-tests: label {label} not moved: no test file for "
             f"{', '.join(missing)} in {tests}"
         )
-    async with judged_session(settings, None, DEFAULT_EMBEDDING_MODEL) as (client, judge):
+    async with judged_session(settings, None, None) as (client, judge):
         try:
             run = await run_tests(
                 app.kafka_connection(settings),

@@ -28,7 +28,11 @@ PROCESSORS = {
         [TopicKind.COMPLETIONS, TopicKind.FAILURES, TopicKind.BATCHES],
         ConsumerGroup.BATCHES,
     ),
-    "reporting": ([TopicKind.COMPLETIONS, TopicKind.FAILURES], ConsumerGroup.REPORTING),
+    "reporting": (
+        [TopicKind.COMPLETIONS, TopicKind.FAILURES, TopicKind.EVALS],
+        ConsumerGroup.REPORTING,
+    ),
+    "evals": ([TopicKind.COMPLETIONS], ConsumerGroup.EVALS),
     "outputs": ([TopicKind.BATCHES], ConsumerGroup.OUTPUTS),
 }
 

@@ -217,10 +217,22 @@ def test_max_replicas_follow_the_partitions(tools: Tools) -> None:
     scaled = out.kind("ScaledObject")
     assert scaled[f"{PREFIX}-prompts"]["spec"]["maxReplicaCount"] == 24
     assert scaled[f"{PREFIX}-batches"]["spec"]["maxReplicaCount"] == 6 + 5 + 3
-    assert scaled[f"{PREFIX}-reporting"]["spec"]["maxReplicaCount"] == 6 + 5
+    # completions, failures and evals
+    assert scaled[f"{PREFIX}-reporting"]["spec"]["maxReplicaCount"] == 6 + 5 + 6
     assert json.loads(out.config["PROMPTMILL_TOPIC_PARTITIONS"])["jobs"] == 24
     pinned = render(tools, {"processors": {"prompts": {"maxReplicas": 4}}})
     assert pinned.one("ScaledObject", f"{PREFIX}-prompts")["spec"]["maxReplicaCount"] == 4
+
+
+def test_the_evals_worker_runs_when_enabled(tools: Tools) -> None:
+    out = render(tools, {"processors": {"evals": {"enabled": True}}})
+    evals = out.one("Deployment", f"{PREFIX}-evals")
+    assert container(evals)["args"] == ["worker", "--processor", "evals"]
+    [trigger] = out.one("ScaledObject", f"{PREFIX}-evals")["spec"]["triggers"]
+    assert trigger["metadata"]["topic"] == "promptmill.completions"
+    assert trigger["metadata"]["consumerGroup"] == "promptmill.evals"
+    reporting = out.one("ScaledObject", f"{PREFIX}-reporting")["spec"]["triggers"]
+    assert "promptmill.evals" in {t["metadata"]["topic"] for t in reporting}
 
 
 def test_trigger_metadata_is_what_the_kafka_scaler_reads(

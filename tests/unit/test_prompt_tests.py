@@ -229,6 +229,15 @@ def test_a_test_file_with_defaults_merged(tmp_path: Path) -> None:
             "less than or equal to 1",
         ),
         ("tests:\n  - vars: {}\n", 2, "tests.0", "a case with no assert"),
+        (
+            GOOD.replace(
+                "{type: icontains, value: positive, online: true}",
+                "{type: python, value: checks.py, online: true}",
+            ),
+            9,
+            "tests.0.assert.0.online",
+            "cannot run online",
+        ),
     ],
 )
 def test_an_error_names_file_line_and_field(

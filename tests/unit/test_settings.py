@@ -142,8 +142,10 @@ def test_catalog_names_and_specs() -> None:
         TopicKind.FLAGGED: "staging.flagged",
         TopicKind.REPORTS: "staging.reports",
         TopicKind.AUDIT: "staging.audit",
+        TopicKind.EVALS: "staging.evals",
     }
     assert catalog.group(ConsumerGroup.PROMPTS) == "staging.prompts"
+    assert catalog.group(ConsumerGroup.EVALS) == "staging.evals"
     assert catalog.group(ConsumerGroup.REPORTING) == "staging.reporting"
     assert catalog.group(ConsumerGroup.MODERATION) == "staging.moderation"
     specs = {s.kind: s for s in catalog.specs()}
