@@ -29,7 +29,10 @@ EXIT_COULD_NOT_RUN = 2
 
 def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "path", type=Path, help=f"a directory (every *{TESTS_SUFFIX} below it) or a test file"
+        "path",
+        type=Path,
+        help=f"a directory (every *{TESTS_SUFFIX} below it), a test file, or a template NAME "
+        f"(its NAME{TESTS_SUFFIX} below the current directory)",
     )
     parser.add_argument(
         "--ref",
@@ -74,12 +77,30 @@ async def judged_session(
 
 
 def _files(path: Path) -> list[LoadedTests]:
+    if not path.exists() and len(path.parts) == 1 and not path.suffix:
+        return [load_test_file(_by_name(str(path), Path.cwd()))]
     if path.is_dir():
         found = find_test_files(path)
         if not found:
             raise PromptmillError(f"{path}: no *{TESTS_SUFFIX} test files")
         return [load_test_file(p) for p in found]
     return [load_test_file(path)]
+
+
+def _by_name(name: str, root: Path) -> Path:
+    """The one ``NAME.tests.yaml`` below ``root``."""
+    found = [p for p in find_test_files(root) if p.name == f"{name}{TESTS_SUFFIX}"]
+    if not found:
+        raise PromptmillError(
+            f"{name}: no such path, and no {name}{TESTS_SUFFIX} below {root} (give the test "
+            "file or its directory)"
+        )
+    if len(found) > 1:
+        raise PromptmillError(
+            f"{name}: {len(found)} files named {name}{TESTS_SUFFIX} below {root} "
+            f"({', '.join(map(str, found[:3]))}): give the one to run"
+        )
+    return found[0]
 
 
 async def templates_test(settings: Settings, args: argparse.Namespace) -> None:

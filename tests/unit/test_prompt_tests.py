@@ -18,6 +18,8 @@ from processors.assertions import (
     run_python,
 )
 from producers.templates import load_template_dir
+from promptmill.commands.prompt_tests import _files
+from schemas import PromptmillError
 from schemas.prompt_tests import Assertion, TestCase, find_test_files, load_test_file
 from schemas.yaml_files import YamlFileError
 
@@ -278,3 +280,19 @@ def test_the_example_ci_workflow_only_uses_commands_that_exist() -> None:
     assert any("--require-tests" in c for c in commands) and any(" test " in c for c in commands)
     for command in commands:
         build_parser().parse_args(shlex.split(command)[1:])  # exits on an unknown flag
+
+
+def test_templates_test_finds_a_test_file_by_template_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "classify.tests.yaml").write_text(GOOD)
+    monkeypatch.chdir(tmp_path)
+    [loaded] = _files(Path("classify"))
+    assert loaded.path == tmp_path / "a" / "classify.tests.yaml"
+    with pytest.raises(PromptmillError, match=r"no classify2\.tests\.yaml below"):
+        _files(Path("classify2"))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "classify.tests.yaml").write_text(GOOD)
+    with pytest.raises(PromptmillError, match=r"2 files named classify\.tests\.yaml"):
+        _files(Path("classify"))
