@@ -2,10 +2,12 @@
 
 Brings up Kafka, Redis and a model (the real SmolLM2-135M by default;
 ``PROMPTMILL_DEMO_MODEL=sim`` for the simulator) under their own state folder, creates
-the topics, pushes the example templates with the ``production`` label, starts the prompt,
-batch-tracking and reporting workers, runs the example batch (with malformed lines, an
+the topics, pushes the example templates with the ``production`` label (and classify's
+online checks), starts the prompt, batch-tracking, reporting, outputs and evals workers,
+runs the example batch (with malformed lines, an
 unknown template and missing variables among its jobs), prints a summary, runs the same
-batch again to show the cache, prints the usage report of both runs, runs the example
+batch again to show the cache, prints the usage report of both runs (with classify's pass
+rate under its online checks), runs the example
 templates' test cases (``templates test``) and prints their table, then runs a batch
 through the HTTP front door with the OpenAI SDK (:mod:`promptmill.demo_http`), and stops
 everything.
@@ -71,11 +73,14 @@ async def _show_report(settings: Settings, requests: int, wait: float = 30) -> N
     print("== promptmill report --since 1h --by template,model", flush=True)
     conn, catalog = app.kafka_connection(settings), app.catalog(settings)
     deadline = time.monotonic() + wait
+    graded = -1  # the evals worker's scores arrive after the completions: until they settle
     while True:
         reports = await read_reports(conn, catalog, timedelta(hours=1))
-        if sum(r.requests for r in reports) >= requests or time.monotonic() > deadline:
+        counted = sum(r.requests for r in reports) >= requests
+        if (counted and sum(r.evaluated for r in reports) == graded) or time.monotonic() > deadline:
             break
-        await asyncio.sleep(0.5)
+        graded = sum(r.evaluated for r in reports) if counted else -1
+        await asyncio.sleep(1.0)
     print(render(group_reports(reports, ["template", "model"]), "table"))
 
 
@@ -169,7 +174,7 @@ async def demo(settings: Settings, args: argparse.Namespace) -> None:
             app.operator(local),
         ):
             print("  " + line)
-        for processor in ("prompts", "batches", "reporting", "outputs"):
+        for processor in ("prompts", "batches", "reporting", "outputs", "evals"):
             workers.append(await _start_worker(state, processor))
         jobs = args.jobs or EXAMPLES / "jobs.jsonl"
         requests = 0
