@@ -7,7 +7,9 @@ assertion of weight above 0 passes or, with a ``threshold``, when the weighted m
 reaches it.
 
 What needs a model goes through a :class:`Judge`: ``similar`` asks it for the cosine
-similarity of two texts' embeddings, ``llm-rubric`` for a verdict on the output. A
+similarity of two texts' embeddings, ``llm-rubric`` for a verdict on the output (the
+pipeline's judge, :class:`processors.evals.PipelineJudge`, calls the model endpoint through
+the fleet's rate limits, for the commands and the evals worker alike). A
 ``python`` assertion runs its function in a child process with a time limit (a check that
 loops is a failed assertion, not a stuck run); the function gets the output and a context
 (``vars``, ``tokens``, ``cost_usd``, ``latency_ms``) and returns a bool, a score, or
@@ -26,7 +28,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import jsonschema
-import openai
 import orjson
 
 from schemas.prompt_tests import DEFAULT_SIMILARITY, Assertion, TestCase
@@ -85,37 +86,6 @@ RUBRIC_PROMPT = (
     "You grade an output against a rubric. Answer PASS or FAIL on the first line, then one "
     "short sentence saying why."
 )
-
-
-class ModelJudge:
-    """The model endpoint as the judge: embeddings for ``similar`` (``/v1/embeddings``),
-    a chat completion for ``llm-rubric`` (first word PASS or FAIL, then the reason)."""
-
-    def __init__(self, client: openai.AsyncOpenAI, chat_model: str, embedding_model: str) -> None:
-        self._client = client
-        self._chat_model = chat_model
-        self._embedding_model = embedding_model
-
-    async def similarity(self, output: str, expected: str) -> float:
-        try:
-            answer = await self._client.embeddings.create(
-                model=self._embedding_model, input=[output or " ", expected]
-            )
-        except openai.APIError as exc:
-            raise JudgeUnavailable(f"similar: the embeddings call failed: {exc}") from None
-        vectors = sorted(answer.data, key=lambda d: d.index)
-        return cosine(vectors[0].embedding, vectors[1].embedding)
-
-    async def rubric(self, output: str, rubric: str, vars: dict[str, Any]) -> tuple[bool, str]:
-        try:
-            answer = await self._client.chat.completions.create(
-                model=self._chat_model,
-                messages=rubric_messages(output, rubric),  # type: ignore[arg-type]
-                **RUBRIC_PARAMS,
-            )
-        except openai.APIError as exc:
-            raise JudgeUnavailable(f"llm-rubric: the judge call failed: {exc}") from None
-        return read_rubric(answer.choices[0].message.content or "")
 
 
 RUBRIC_PARAMS: dict[str, Any] = {"temperature": 0, "max_tokens": 64}

@@ -84,6 +84,12 @@ class PipelineJudge:
         self._config = config
         self._tenant = tenant
 
+    async def start(self) -> None:
+        await self._model.start()
+
+    async def stop(self) -> None:
+        await self._model.stop()
+
     async def similarity(self, output: str, expected: str) -> float:
         name = self._config.embedding_model
         tokens = math.ceil((len(output) + len(expected)) / 4) + 2

@@ -15,7 +15,7 @@ from typing import Any
 
 from processors.batches import BatchTracker
 from processors.classifier import Classifier
-from processors.evals import EvalsConfig, EvalsProcessor
+from processors.evals import EvalsConfig, EvalsProcessor, PipelineJudge
 from processors.fleet import FleetState, LimitTable
 from processors.fleet.breakers import Breakers
 from processors.fleet.credentials import CredentialGuard
@@ -140,6 +140,33 @@ async def build(
         breakers,
     )
     return Built(prompts, guard)
+
+
+def judge_for(
+    settings: Settings,
+    redis: RedisClient | None,
+    chat_model: str | None,
+    embedding_model: str | None,
+    tenant: str = "default",
+) -> PipelineJudge:
+    """The judge of model-backed assertions for a command (``templates test``, ``eval``,
+    ``--require-tests``): the model endpoint through the fleet's rate limits, as the evals
+    worker's judge is (start and stop its model client around its use)."""
+    endpoint = app.model_endpoint(settings)
+    limits = LimitTable(
+        dict(settings.model_limits), settings.tenant_limits, settings.rate_limit_burst_seconds
+    )
+    model = ModelClient(
+        endpoint.base_url,
+        endpoint.api_key,
+        timeout=settings.model_timeout_seconds,
+        **_retry_options(settings),
+    )
+    config = EvalsConfig(
+        judge_model=chat_model or settings.evals_judge_model or endpoint.default_model,
+        embedding_model=embedding_model or settings.evals_embedding_model,
+    )
+    return PipelineJudge(model, _fleet(settings, redis, limits), config, tenant)
 
 
 def _breakers(settings: Settings, redis: RedisClient | None, metrics: Registry) -> Breakers | None:

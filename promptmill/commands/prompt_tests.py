@@ -11,15 +11,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import openai
 import orjson
 
-from processors.assertions import ModelJudge
+from processors.evals import PipelineJudge
 from producers.client import Client
 from producers.prompt_tests import CaseRun, CouldNotRun, TestRun, run_tests
 from promptmill import app
 from promptmill.commands.batch import _client
 from promptmill.settings import Settings
+from promptmill.wiring import judge_for
 from schemas import PromptmillError
 from schemas.prompt_tests import TESTS_SUFFIX, LoadedTests, find_test_files, load_test_file
 
@@ -58,22 +58,20 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 @asynccontextmanager
 async def judged_session(
     settings: Settings, chat_model: str | None, embedding_model: str | None
-) -> AsyncIterator[tuple[Client, ModelJudge]]:
-    """A started submit client, and the model endpoint as judge (``chat_model``: its
-    default model when None), both closed on exit."""
-    endpoint = app.model_endpoint(settings)
-    async with (
-        openai.AsyncOpenAI(
-            base_url=endpoint.base_url, api_key=endpoint.api_key, max_retries=2
-        ) as judge_client,
-        _client(settings) as client,
-    ):
-        judge = ModelJudge(
-            judge_client,
-            chat_model or endpoint.default_model,
-            embedding_model or settings.evals_embedding_model,
-        )
-        yield client, judge
+) -> AsyncIterator[tuple[Client, PipelineJudge]]:
+    """A started submit client, and the model endpoint as judge through the fleet's limits
+    (``chat_model``: PROMPTMILL_EVALS_JUDGE_MODEL or the default model when None), both
+    closed on exit."""
+    redis = app.redis(settings)
+    judge = judge_for(settings, redis, chat_model, embedding_model)
+    try:
+        await judge.start()
+        async with _client(settings) as client:
+            yield client, judge
+    finally:
+        await judge.stop()
+        if redis is not None:
+            await redis.aclose()
 
 
 def _files(path: Path) -> list[LoadedTests]:

@@ -16,6 +16,8 @@ from processors.fleet import FleetState, LimitTable
 from processors.fleet.state import FleetConfig
 from processors.model import ModelClient
 from producers.reports import group_reports, render
+from promptmill.settings import Settings
+from promptmill.wiring import judge_for
 from schemas import Completion, WindowReport, encode
 from schemas.evals import EvalScore, OnlineChecks
 from schemas.prompt_tests import Assertion, load_test_file
@@ -171,3 +173,15 @@ def test_reports_show_pass_rates_per_version_only_when_evaluated() -> None:
     assert "25.0%" in table[1] and "100.0%" in table[2] and "40.0%" in table[3]  # TOTAL: 20/50
     plain = render(group_reports([_window("say@1", 0, 0)], ["template"]), "table")
     assert "PASS_RATE" not in plain
+
+
+def test_the_commands_judge_takes_the_evals_models_from_the_settings() -> None:
+    settings = Settings(
+        openai_base_url="http://127.0.0.1:9/v1",
+        evals_judge_model="judge-7b",
+        evals_embedding_model="embed-small",
+    )
+    judge = judge_for(settings, None, None, None)
+    assert (judge._config.judge_model, judge._config.embedding_model) == ("judge-7b", "embed-small")
+    chosen = judge_for(settings, None, "other", "vectors")  # --model / --embedding-model win
+    assert (chosen._config.judge_model, chosen._config.embedding_model) == ("other", "vectors")
