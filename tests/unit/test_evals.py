@@ -15,10 +15,11 @@ from processors.evals import EvalsConfig, EvalsProcessor, PassRateWatch
 from processors.fleet import FleetState, LimitTable
 from processors.fleet.state import FleetConfig
 from processors.model import ModelClient
+from processors.runtime import InRecord
 from producers.reports import group_reports, render
 from promptmill.settings import Settings
 from promptmill.wiring import judge_for
-from schemas import Completion, WindowReport, encode
+from schemas import Completion, Failure, Stage, WindowReport, decode, encode
 from schemas.evals import EvalScore, OnlineChecks
 from schemas.prompt_tests import Assertion, load_test_file
 from topics import TopicCatalog
@@ -185,3 +186,23 @@ def test_the_commands_judge_takes_the_evals_models_from_the_settings() -> None:
     assert (judge._config.judge_model, judge._config.embedding_model) == ("judge-7b", "embed-small")
     chosen = judge_for(settings, None, "other", "vectors")  # --model / --embedding-model win
     assert (chosen._config.judge_model, chosen._config.embedding_model) == ("other", "vectors")
+
+
+async def test_hostile_completions_become_dead_letters_or_bounded_failures() -> None:
+    processor = _processor(sample=0.0)
+    store = processor._store
+    hostile = _checks([Assertion(type="regex", value="(a+)+$", online=True)])
+    store.apply(b"checks:classify", encode(hostile))
+    for value in (b"", b"\xff\xfe", b"[1, 2]", b'{"kind": "completion"}', None):
+        [dead] = await processor.handle(InRecord("c", 0, 7, b"k", value))
+        failure = decode(dead.value, Failure)
+        assert failure.stage == Stage.EVALS and failure.code.value in (
+            "invalid_json",
+            "schema_error",
+        )
+    no_template = _completion("x").model_copy(update={"template": None})
+    assert await processor.handle(InRecord("c", 0, 8, b"k", encode(no_template))) == []
+    # output that makes the template owner's regex backtrack: a failed check in ~1 s
+    [out] = await processor.handle(InRecord("c", 0, 9, b"k", encode(_completion("a" * 5000 + "b"))))
+    score = decode(out.value, EvalScore)
+    assert not score.passed and "did not finish within" in score.assertions[0].reason
