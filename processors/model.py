@@ -177,8 +177,20 @@ class ModelClient:
                 retriable=False,
                 attempts=attempt,
             )
-        ordered = sorted(data, key=lambda d: int(d.get("index", 0)))
-        return [[float(x) for x in d.get("embedding") or []] for d in ordered], attempt
+        vectors = [d.get("embedding") if isinstance(d, dict) else None for d in data]
+        if not all(
+            isinstance(v, list) and v and all(isinstance(x, int | float) for x in v)
+            for v in vectors
+        ):
+            # e.g. llama.cpp's server without pooling answers a vector per token
+            raise ModelCallError(
+                "embeddings answer is not one vector of numbers per input",
+                code=ErrorCode.MODEL_ERROR,
+                retriable=False,
+                attempts=attempt,
+            )
+        order = sorted(range(len(data)), key=lambda i: int(data[i].get("index", i)))
+        return [[float(x) for x in vectors[i]] for i in order], attempt  # type: ignore[union-attr]
 
     async def _with_retries(
         self,

@@ -12,6 +12,7 @@ from email.utils import format_datetime
 from typing import Any
 
 import aiohttp
+import aiohttp.web
 import pytest
 
 from processors.fleet.credentials import CredentialGuard
@@ -368,3 +369,48 @@ async def test_rejected_key_waits_and_resumes_without_failing_the_job(
     assert guard.rejections == (await sim.stats())["rejected_auth"]  # each one seen
     if redis is not None:
         await redis.aclose()
+
+
+async def test_embeddings_are_one_vector_per_input_in_order(make_client: ClientFactory) -> None:
+    client = await make_client()
+    vectors, attempts = await client.embed("embed", ["a positive review", "a happy review", "x"])
+    assert len(vectors) == 3 and attempts == 1 and all(len(v) == len(vectors[0]) for v in vectors)
+    again, _ = await client.embed("embed", ["x", "a positive review"])
+    assert again == [vectors[2], vectors[0]]
+
+
+async def test_embeddings_per_token_are_refused(aiohttp_server_url: str) -> None:
+    """llama.cpp's server without pooling answers a list of vectors per input: not usable
+    as one vector, a model_error rather than a crash."""
+    client = ModelClient(aiohttp_server_url, "-", max_attempts=1)
+    await client.start()
+    try:
+        with pytest.raises(ModelCallError) as caught:
+            await client.embed("smol", ["a", "b"])
+        assert caught.value.code == ErrorCode.MODEL_ERROR
+        assert "one vector of numbers per input" in caught.value.message
+    finally:
+        await client.stop()
+
+
+@pytest.fixture
+async def aiohttp_server_url() -> AsyncIterator[str]:
+    async def per_token(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        body = await request.json()
+        data = [
+            {"object": "embedding", "index": i, "embedding": [[0.1, 0.2], [0.3, 0.4]]}
+            for i, _ in enumerate(body["input"])
+        ]
+        return aiohttp.web.json_response({"object": "list", "data": data})
+
+    app = aiohttp.web.Application()
+    app.router.add_post("/v1/embeddings", per_token)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        await runner.cleanup()
