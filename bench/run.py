@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from bench import front_door, provider, routing, scenarios
+from bench import evals, front_door, provider, routing, scenarios
 from promptmill.dev.harness import Endpoints
 from promptmill.dev.stack import down, up
 
@@ -49,6 +49,9 @@ async def measure(
         return rows, raw
     if only == "routing":
         await _routing(endpoints, workdir, scale, rows, raw)
+        return rows, raw
+    if only == "evals":
+        await _evals(endpoints, workdir, scale, rows, raw)
         return rows, raw
     for workers in (1, 2, 4):
         result = await scenarios.goodput(
@@ -143,6 +146,7 @@ async def measure(
     await _front_door(endpoints, workdir, scale, rows, raw)
     await _provider(endpoints, workdir, scale, rows, raw)
     await _routing(endpoints, workdir, scale, rows, raw)
+    await _evals(endpoints, workdir, scale, rows, raw)
     result = await scenarios.render_paths(int(5000 * scale))
     raw["render_paths"] = result
     rows.append(
@@ -261,6 +265,27 @@ async def _provider(
     )
 
 
+async def _evals(
+    endpoints: Endpoints, workdir: Path, scale: float, rows: list[Row], raw: dict[str, Any]
+) -> None:
+    """One evals worker grading completions by five cheap online checks (a regex among them,
+    in its child process), then with an llm-rubric judged on a 10% sample too."""
+    count = int(20000 * scale)
+    for judged in (False, True):
+        result = await evals.grading_rate(endpoints, workdir, count, judged=judged)
+        raw[f"evals_{'judged' if judged else 'cheap'}"] = result
+        what = "5 cheap checks + llm-rubric on 10%" if judged else "5 cheap online checks"
+        rows.append(
+            Row(
+                f"evals worker, {what}: completions graded per second, 1 worker",
+                f"{result['per_s']:,.0f}/s ({result['count']:,} in {result['seconds']:.1f} s; "
+                f"{result['passed']:,} passed)",
+                ">= 1,000/s" if not judged else "(reference)",
+                result["per_s"] >= 1000 if not judged else None,
+            )
+        )
+
+
 async def _routing(
     endpoints: Endpoints, workdir: Path, scale: float, rows: list[Row], raw: dict[str, Any]
 ) -> None:
@@ -347,7 +372,9 @@ def main(argv: list[str] | None = None) -> None:
         help="where the figures go (default: bench/results/latest.json, or NAME.json with --only)",
     )
     parser.add_argument(
-        "--only", choices=["front_door", "provider", "routing"], help="run only these scenarios"
+        "--only",
+        choices=["front_door", "provider", "routing", "evals"],
+        help="run only these scenarios",
     )
     args = parser.parse_args(argv)
     state = ROOT / ".promptmill" / "bench"
