@@ -15,9 +15,9 @@ from promptmill.dev.harness import Env, sim_call, until, write_jsonl
 from schemas import Completion
 
 pytestmark = [pytest.mark.timeout(240)]
-SHAPES: dict[str, tuple[dict[str, Any], int, int]] = {  # (shape, RPM, jobs): 16-30 s each
-    "full": ({"bucket_start": "full"}, 1200, 1600),
-    "empty": ({"bucket_start": "empty"}, 3000, 800),
+SHAPES: dict[str, tuple[dict[str, Any], int, int]] = {  # (shape, RPM, jobs): 10-30 s each
+    "full": ({"bucket_start": "full"}, 1200, 1300),  # the 1,200 at once, then 20 a second
+    "empty": ({"bucket_start": "empty"}, 4800, 800),  # 80 a second
     "per-second": ({"quantum_seconds": 1.0}, 1200, 600),  # 20 per second
 }
 

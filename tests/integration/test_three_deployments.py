@@ -1,5 +1,5 @@
 """One model group over three simulators (one reached through its Azure-shaped path and the
-SDK's Azure client), two workers: weights kept over 6,000 jobs; each deployment's limit kept
+SDK's Azure client), two workers: weights kept over 3,000 jobs; each deployment's limit kept
 while the fleet fills all three; a deployment killed mid-batch and started again: its jobs
 fail over, none is lost, and its breaker opens and closes on ``/metrics``."""
 
@@ -101,14 +101,14 @@ def _workers(env: Env, catalog: Path, count: int, **more: str) -> list[str]:
     return bases
 
 
-async def test_weights_hold_over_6000_jobs_on_two_workers(
+async def test_weights_hold_over_3000_jobs_on_two_workers(
     env: Env, tmp_path: Path, sims: StartSim
 ) -> None:
     started = [sims(f"w{i}", ()) for i in range(3)]
     catalog = _catalog(tmp_path, started, ["weight: 1", "weight: 2", "weight: 3"])
     for base in _workers(env, catalog, 2):
         await wait_ready(base)
-    count = 6000
+    count = 3000  # smooth round robin: each share exact but for the workers' phase
     records = await env.collect(await env.submit(uncached_jobs(tmp_path, "w", count)), within=240)
 
     assert len(records) == count and all(isinstance(r, Completion) for r in records.values())
@@ -125,7 +125,7 @@ async def test_each_deployments_limit_holds_while_two_workers_fill_all_three(
 ) -> None:
     # providers with empty buckets: in any minute from the start, a deployment may take no
     # more than its limit; the fleet must spread by capacity, not by the (equal) weights
-    limits = (60, 120, 240)
+    limits = (120, 240, 480)
     sims_started = time.monotonic()
     started = [
         sims(f"l{i}", ("--rpm", str(rpm), "--bucket-start", "empty"))
@@ -134,7 +134,7 @@ async def test_each_deployments_limit_holds_while_two_workers_fill_all_three(
     catalog = _catalog(tmp_path, started, [f"rpm: {rpm}" for rpm in limits])
     for base in _workers(env, catalog, 2):
         await wait_ready(base)
-    count = 140  # ~20 s at the sum of the limits, 7 a second
+    count = 140  # ~10 s at the sum of the limits, 14 a second
     began = time.monotonic()
     records = await env.collect(await env.submit(uncached_jobs(tmp_path, "l", count)), within=120)
     elapsed = time.monotonic() - began
@@ -147,6 +147,7 @@ async def test_each_deployments_limit_holds_while_two_workers_fill_all_three(
     for rpm, s in zip(limits, stats, strict=True):
         assert s["chat_completions"] <= rpm * since_empty / 60 + 1, (rpm, since_empty, stats)
     calls = [s["chat_completions"] for s in stats]
+    print(f"calls {calls} in {elapsed:.1f} s ({since_empty:.1f} s since empty), {refused} 429s")
     assert calls[2] >= 2.5 * calls[0] and calls[1] >= 1.4 * calls[0], calls  # by capacity
     assert elapsed < count / sum(limits) * 60 * 1.5, elapsed  # all three kept busy
 
