@@ -136,6 +136,7 @@ class Settings(BaseSettings):
     serve_tls_key: Path | None = None
     serve_max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
     serve_max_requests: int = Field(default=50_000, ge=1)
+    serve_lease_seconds: float = Field(default=15.0, ge=1.0, le=3600)
     blob_url: str | None = None
     s3_endpoint_url: str | None = None
     operator: str | None = Field(default=None, max_length=128)

@@ -31,6 +31,7 @@ class Limits:
     max_file_bytes: int = MAX_FILE_BYTES
     max_requests: int = MAX_REQUESTS
     max_line_bytes: int = 1_000_000
+    lease_seconds: float = 15.0  # a replica's hold on a batch's submission (see runner)
 
 
 class ServeMetrics:

@@ -27,9 +27,8 @@ from topics.objects import TTL_SECONDS, FileRecord
 from topics.redis import REDIS_ERRORS, LuaScript, tagged, text
 
 log = logging.getLogger(__name__)
-LEASE_SECONDS = 15.0
-RENEW_SECONDS = 5.0
-SWEEP_SECONDS = 5.0
+# a lease (PROMPTMILL_SERVE_LEASE_SECONDS) is renewed, and lapsed ones swept, every third of it
+RENEWALS_PER_LEASE = 3
 
 # KEYS: the leases (sorted set: batch id -> lease deadline in ms). ARGV: batch id, now, new
 # deadline. Takes the lease if it has lapsed (or there is none when ARGV[4] is '1').
@@ -51,6 +50,8 @@ class BatchRunner:
         self._take = LuaScript(serve.redis, TAKE)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._lease_seconds = serve.limits.lease_seconds
+        self._every = self._lease_seconds / RENEWALS_PER_LEASE
 
     async def start(self) -> None:
         if self._sweeper is None:
@@ -78,7 +79,7 @@ class BatchRunner:
 
     async def _lease(self, batch_id: str, *, new: bool) -> bool:
         now = int(time.time() * 1000)
-        args = [batch_id, now, now + int(LEASE_SECONDS * 1000), "1" if new else "0"]
+        args = [batch_id, now, now + int(self._lease_seconds * 1000), "1" if new else "0"]
         return bool(await self._take([self._leases], args))
 
     async def _run(self, batch_id: str) -> None:
@@ -97,15 +98,15 @@ class BatchRunner:
 
     async def _renew(self, batch_id: str) -> None:
         while True:
-            await asyncio.sleep(RENEW_SECONDS)
-            deadline = int((time.time() + LEASE_SECONDS) * 1000)
+            await asyncio.sleep(self._every)
+            deadline = int((time.time() + self._lease_seconds) * 1000)
             with contextlib.suppress(*REDIS_ERRORS):
                 await self._serve.redis.zadd(self._leases, {batch_id: deadline}, xx=True)
 
     async def _sweep(self) -> None:
         """Take over batches whose submitting replica stopped renewing its lease."""
         while True:
-            await asyncio.sleep(SWEEP_SECONDS)
+            await asyncio.sleep(self._every)
             try:
                 now = int(time.time() * 1000)
                 lapsed = await self._serve.redis.zrangebyscore(self._leases, 0, now)

@@ -71,6 +71,7 @@ async def serving(settings: Settings) -> AsyncIterator[Serve]:
                 max_file_bytes=settings.serve_max_file_bytes,
                 max_requests=settings.serve_max_requests,
                 max_line_bytes=await client.job_limit(),
+                lease_seconds=settings.serve_lease_seconds,
             ),
         )
 

@@ -99,7 +99,8 @@ async def test_kill_9_of_serve_and_of_workers_mid_batch_loses_and_repeats_no_lin
 ) -> None:
     sim = env.endpoints.sim_url
     await sim_call(sim, "POST", "/sim/config", {"latency_ms": 40, "jitter_ms": 10})
-    service = Service(env)
+    lease = {"PROMPTMILL_SERVE_LEASE_SECONDS": "3"}  # the takeover within ~3 s, not 15
+    service = Service(env, **lease)
     await service.ready()
     key = env.api_key("acme", "submitter")
     path = write_lines(tmp_path / "b.jsonl", 3000)
@@ -110,7 +111,7 @@ async def test_kill_9_of_serve_and_of_workers_mid_batch_loses_and_repeats_no_lin
         )
         await asyncio.sleep(0.3)  # its submission has started; kill the replica under it
         service.serve.kill9()
-        service.serve, service.base_url = env.start_serve()  # another replica takes over
+        service.serve, service.base_url = env.start_serve(**lease)  # another one takes over
         await service.ready()
     async with service.client(key) as client:
         await service.until_completed(client, batch.id, 500)
