@@ -109,6 +109,17 @@ async def test_all_passing_exits_0_and_repeat_reports_pass_rates(env: Env, tmp_p
     # a ref that is not the local file: the version just published, by number
     again = env.cli("templates", "test", str(directory), "--ref", "@1")
     assert "1 of 1 case(s) passed" in again.stdout
+    # a version 2 pushed, then the local file (version 1's content) tested again: it is
+    # version 1 that runs, and no third version is published
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    (newer / "greet.yaml").write_text(TEMPLATE.replace("Say {{ word }}.", "Please say {{ word }}."))
+    assert "published version 2" in env.cli("templates", "push", str(newer)).stdout
+    local = env.cli("templates", "test", str(directory), "--json", str(tmp_path / "r.json"))
+    assert local.returncode == 0, local.stdout
+    assert orjson.loads((tmp_path / "r.json").read_bytes())["cases"][0]["ref"] == "greet@1"
+    [row] = [r for r in env.cli("templates", "list").stdout.splitlines() if r.startswith("greet")]
+    assert row.split()[1] == "2", row  # the latest is still version 2
 
 
 async def test_require_tests_refuses_to_move_a_label_to_a_failing_version(
