@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,6 +40,7 @@ from topics.metrics import Registry
 log = logging.getLogger(__name__)
 MAX_REQUEST_SIZE = 64 * 1024 * 1024  # the client-side cap; each topic's own limit is fitted to
 FINAL_COMMIT_SECONDS = 10.0  # within Kubernetes' grace period after the drain
+CLOSE_SECONDS = 10.0  # for closing the clients and the processor, after the final commit
 POLL_SECONDS = 0.1  # the longest the loop waits before it looks at stop requests and commits
 KEEPALIVE_POLL_SECONDS = 10.0  # well within any max_poll_interval
 
@@ -163,11 +164,14 @@ class Worker:
             await self._consume()
             await self._drain()
         finally:
-            with contextlib.suppress(Exception):
-                await self._consumer.stop()
-            await self._limits.stop()
-            await self._producer.stop()
-            await self._processor.stop()
+            # each step bounded: a client that hangs on close (the consumer leaving its
+            # group mid-rebalance, say) must not keep a stopping worker past its grace
+            # period; what overran is named in the log
+            ends = time.monotonic() + CLOSE_SECONDS
+            await _closed("the consumer", self._consumer.stop(), ends)
+            await _closed("the topic limits", self._limits.stop(), ends)
+            await _closed("the producer", self._producer.stop(), ends)
+            await _closed(f"the {self._processor.name} processor", self._processor.stop(), ends)
             log.info("worker stopped: %s", self.stats)
 
     async def _consume(self) -> None:
@@ -397,3 +401,14 @@ class Worker:
             await asyncio.wait_for(self._commit(), FINAL_COMMIT_SECONDS)
         except TimeoutError:
             log.warning("the final commit did not finish in %.0f s; leaving", FINAL_COMMIT_SECONDS)
+
+
+async def _closed(what: str, closing: Awaitable[object], ends: float) -> None:
+    """Await ``closing`` until ``ends`` (monotonic), at least a second; an error or an
+    overrun is logged, never raised: the worker is stopping either way."""
+    try:
+        await asyncio.wait_for(closing, max(1.0, ends - time.monotonic()))
+    except TimeoutError:
+        log.warning("closing %s did not finish in time; left behind", what)
+    except Exception as exc:
+        log.warning("closing %s failed: %s", what, exc)

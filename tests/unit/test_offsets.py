@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 
 import pytest
 
 from processors.runtime.offsets import OffsetTracker
+from processors.runtime.worker import _closed
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -176,3 +179,21 @@ def test_random_interleaving_of_starts_and_finishes() -> None:
         # started and not yet committable (finished ones above a gap still count)
         assert tracker.in_flight(TP) == next_offset - lowest
     assert tracker.committable(TP) == total
+
+
+async def test_a_client_that_hangs_on_close_is_left_behind_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stopping worker bounds each close (the consumer leaving its group mid-rebalance
+    once kept one past its grace period): the overrun or the error is logged, not raised."""
+    hang = asyncio.Event()
+    started = time.monotonic()
+    await _closed("the consumer", hang.wait(), time.monotonic() + 0.2)
+    assert 0.9 < time.monotonic() - started < 3  # at least a second each
+    assert "closing the consumer did not finish in time" in caplog.text
+
+    async def fails() -> None:
+        raise RuntimeError("broker gone")
+
+    await _closed("the producer", fails(), time.monotonic() + 5)
+    assert "closing the producer failed: broker gone" in caplog.text
