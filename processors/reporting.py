@@ -270,9 +270,11 @@ class ReportingProcessor:
                 log.exception("report flush failed, will retry")
 
 
-def _count_args(
-    value: bytes | None, window_seconds: int
-) -> tuple[str, str, datetime, tuple[str, str, str, str, str], list[Any]] | None:
+Dims = tuple[str, str, str, str, str]  # tenant, template@version, model, group, deployment
+Counted = tuple[str, str, datetime, Dims, list[Any]]
+
+
+def _count_args(value: bytes | None, window_seconds: int) -> Counted | None:
     """(batch id, member of its seen set, window start, dimensions, kind arguments) of a
     terminal record or an eval score."""
     try:
@@ -291,15 +293,8 @@ def _count_args(
             repr(record.cost_usd),
             -1 if record.cached else latency_bucket(record.latency_ms),
         ]
-        dims = (
-            record.tenant,
-            template_label(record.template, record.template_version),
-            record.model,
-            record.group or NONE,
-            record.deployment or NONE,
-        )
         start = _window(record.created_at, window_seconds)
-        return record.batch_id, record.job_id, start, dims, tail
+        return record.batch_id, record.job_id, start, _dims(record), tail
     if isinstance(record, Failure):
         dims = (
             record.tenant or NONE,
@@ -313,22 +308,25 @@ def _count_args(
     return None
 
 
-def _eval_args(
-    score: EvalScore, window_seconds: int
-) -> tuple[str, str, datetime, tuple[str, str, str, str, str], list[Any]]:
+def _eval_args(score: EvalScore, window_seconds: int) -> Counted:
     """A score counts into its completion's window, once per job (its own member)."""
     tail: list[Any] = ["eval", int(score.passed), repr(score.score)]
     for graded in score.assertions:
         tail += [graded.type, int(graded.passed)]
-    dims = (
-        score.tenant,
-        template_label(score.template, score.template_version),
-        score.model,
-        score.group or NONE,
-        score.deployment or NONE,
-    )
     start = _window(score.completed_at, window_seconds)
-    return score.batch_id, f"eval:{score.job_id}", start, dims, tail
+    return score.batch_id, f"eval:{score.job_id}", start, _dims(score), tail
+
+
+def _dims(of: Completion | EvalScore) -> Dims:
+    """A completion's window dimensions, and its score's: the same, so both count into
+    one window."""
+    return (
+        of.tenant,
+        template_label(of.template, of.template_version),
+        of.model,
+        of.group or NONE,
+        of.deployment or NONE,
+    )
 
 
 def _window(at: datetime, seconds: int) -> datetime:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
@@ -46,6 +46,7 @@ from topics.connection import KafkaConnection
 from topics.partitions import read_to_end, topic_partitions
 
 log = logging.getLogger(__name__)
+R = TypeVar("R", Template, LabelRecord, CatalogRevision, OnlineChecks)
 
 
 class UnknownTemplate(PromptmillError):
@@ -89,14 +90,13 @@ class TemplateStore:
             elif selector.isdigit():
                 self._versions.get(name, {}).pop(int(selector), None)
             return True
-        try:
-            record: Template | LabelRecord = (
-                decode(value, LabelRecord) if kind == "label" else decode(value, Template)
-            )
-        except ValidationError as exc:
-            return self._skip(key, str(exc.errors()[0]["msg"]))
-        if record.key != text:
-            return self._skip(key, f"the value is {record.key}, not what the key says")
+        record: Template | LabelRecord | None = (
+            self._decoded(key, text, value, LabelRecord)
+            if kind == "label"
+            else self._decoded(key, text, value, Template)
+        )
+        if record is None:
+            return False
         if isinstance(record, LabelRecord):
             self._labels.setdefault(record.name, {})[record.label] = record.version
             canaries = self._canaries.setdefault(record.name, {})
@@ -116,12 +116,9 @@ class TemplateStore:
         if value is None:
             self._catalogs.pop(revision, None)
             return True
-        try:
-            record = decode(value, CatalogRevision)
-        except ValidationError as exc:
-            return self._skip(key, str(exc.errors()[0]["msg"]))
-        if record.key != text:
-            return self._skip(key, f"the value is {record.key}, not what the key says")
+        record = self._decoded(key, text, value, CatalogRevision)
+        if record is None:
+            return False
         if CatalogRevision.hash_of(record.source) != record.content_hash:
             return self._skip(key, "content_hash does not match the catalog")
         try:
@@ -135,16 +132,25 @@ class TemplateStore:
         if value is None:
             self._checks.pop(name, None)
             return True
-        try:
-            record = decode(value, OnlineChecks)
-        except ValidationError as exc:
-            return self._skip(key, str(exc.errors()[0]["msg"]))
-        if record.key != text:
-            return self._skip(key, f"the value is {record.key}, not what the key says")
+        record = self._decoded(key, text, value, OnlineChecks)
+        if record is None:
+            return False
         if OnlineChecks.hash_of(record.assertions, record.threshold) != record.content_hash:
             return self._skip(key, "content_hash does not match the checks")
         self._checks[name] = record
         return True
+
+    def _decoded(self, key: bytes | None, text: str, value: bytes, model: type[R]) -> R | None:
+        """The record a value holds, if it validates and says the same key (else skipped)."""
+        try:
+            record = decode(value, model)
+        except ValidationError as exc:
+            self._skip(key, str(exc.errors()[0]["msg"]))
+            return None
+        if record.key != text:
+            self._skip(key, f"the value is {record.key}, not what the key says")
+            return None
+        return record
 
     def checks(self, name: str) -> OnlineChecks | None:
         """The online checks of template ``name`` (None if none were pushed, or the last
