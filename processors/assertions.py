@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import math
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,6 +263,8 @@ def _json_candidates(text: str) -> list[str]:
 
 
 REGEX_TIMEOUT_SECONDS = 1.0
+REGEX_STRIKES = 3  # timeouts in a row after which a pattern fails at once ...
+REGEX_COOLDOWN_SECONDS = 60.0  # ... for this long
 _REGEX_LOOP = """
 import json, re, sys
 compiled = {}
@@ -286,15 +289,43 @@ class RegexSandbox:
     and a pattern such as ``(a+)+$`` backtracks for hours on a few dozen characters;
     Python cannot interrupt a match (nor does ``re`` let go of the GIL), so on the event
     loop it would freeze the worker. The child matches one pair at a time; one that runs
-    past ``limit`` is killed and replaced, and the assertion fails saying so.
+    past ``limit`` is killed and replaced, and the assertion fails saying so. A pattern
+    that timed out :data:`REGEX_STRIKES` times in a row fails at once for
+    :data:`REGEX_COOLDOWN_SECONDS`: one tenant's pattern that backtracks on every output
+    cannot hold the matcher every regex check of the worker shares.
     """
 
     def __init__(self, limit: float = REGEX_TIMEOUT_SECONDS) -> None:
         self._limit = limit
         self._child: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
+        self._strikes: dict[str, int] = {}  # timeouts in a row, by pattern
+        self._cooling: dict[str, float] = {}  # pattern -> when it may run again (monotonic)
 
     async def search(self, pattern: str, text: str) -> bool:
+        until = self._cooling.get(pattern, 0.0)
+        if time.monotonic() < until:
+            raise AssertionUnavailable(
+                f"regex /{pattern}/ timed out {REGEX_STRIKES} times in a row: failing at once "
+                f"for {until - time.monotonic():.0f} s more"
+            )
+        found = await self._search(pattern, text)
+        self._strikes.pop(pattern, None)
+        return found
+
+    def _strike(self, pattern: str) -> None:
+        """One more timeout of ``pattern``; the last allowed in a row starts its cooldown."""
+        if len(self._strikes) > 1000 or len(self._cooling) > 1000:
+            self._strikes.clear()
+            self._cooling = {p: t for p, t in self._cooling.items() if t > time.monotonic()}
+        strikes = self._strikes.get(pattern, 0) + 1
+        if strikes >= REGEX_STRIKES:
+            self._cooling[pattern] = time.monotonic() + REGEX_COOLDOWN_SECONDS
+            self._strikes.pop(pattern, None)
+        else:
+            self._strikes[pattern] = strikes
+
+    async def _search(self, pattern: str, text: str) -> bool:
         async with self._lock:
             child = self._child
             if child is None or child.returncode is not None:
@@ -314,6 +345,7 @@ class RegexSandbox:
             except (TimeoutError, ConnectionError) as exc:
                 await self.close()
                 if isinstance(exc, TimeoutError):
+                    self._strike(pattern)
                     raise AssertionUnavailable(
                         f"regex /{pattern}/ did not finish within {self._limit:g} s on an "
                         f"output of {len(text)} characters"

@@ -5,12 +5,13 @@ eval columns of reports."""
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from processors.assertions import NoJudge, Observed, grade
+from processors.assertions import AssertionUnavailable, NoJudge, Observed, RegexSandbox, grade
 from processors.evals import EvalsConfig, EvalsProcessor, PassRateWatch
 from processors.fleet import FleetState, LimitTable
 from processors.fleet.state import FleetConfig
@@ -206,3 +207,22 @@ async def test_hostile_completions_become_dead_letters_or_bounded_failures() -> 
     [out] = await processor.handle(InRecord("c", 0, 9, b"k", encode(_completion("a" * 5000 + "b"))))
     score = decode(out.value, EvalScore)
     assert not score.passed and "did not finish within" in score.assertions[0].reason
+
+
+async def test_a_pattern_that_keeps_timing_out_fails_at_once_for_a_while() -> None:
+    """A pattern that backtracks on every output would hold the one matcher every regex
+    check of the worker shares a second per completion: after 3 timeouts in a row it
+    fails at once, and the other patterns keep matching."""
+    sandbox = RegexSandbox(limit=0.3)
+    hostile, output = "(a+)+$", "a" * 40 + "b"
+    try:
+        for _ in range(3):
+            with pytest.raises(AssertionUnavailable, match="did not finish within"):
+                await sandbox.search(hostile, output)
+        started = time.monotonic()
+        with pytest.raises(AssertionUnavailable, match="timed out 3 times in a row"):
+            await sandbox.search(hostile, output)
+        assert time.monotonic() - started < 0.1
+        assert await sandbox.search("^a+b$", output)
+    finally:
+        await sandbox.close()
