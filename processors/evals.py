@@ -88,6 +88,7 @@ class PipelineJudge:
         await self._model.start()
 
     async def stop(self) -> None:
+        await self._fleet.close()
         await self._model.stop()
 
     async def similarity(self, output: str, expected: str) -> float:
@@ -217,6 +218,7 @@ class EvalsProcessor:
         await self._model.start()
 
     async def stop(self) -> None:
+        await self._fleet.close()
         await self._model.stop()
 
     async def handle(self, record: InRecord) -> Sequence[Outcome]:

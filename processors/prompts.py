@@ -129,6 +129,7 @@ class PromptProcessor:
             await self._breakers.stop()
         if self._routers is not None:
             await self._routers.stop()
+        await self._fleet.close()
         await self._model.stop()
 
     async def handle(self, record: InRecord) -> Sequence[Outcome]:

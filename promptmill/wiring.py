@@ -91,6 +91,12 @@ async def build(
         dict(settings.model_limits), settings.tenant_limits, settings.rate_limit_burst_seconds
     )
     fleet = _fleet(settings, shared, limits)
+    metrics.gauge(
+        "promptmill_redis_unavailable",
+        "1 while Redis does not answer: no cache, rate limits held locally at "
+        "PROMPTMILL_RATE_LIMIT_LOCAL_SHARE of them.",
+        read=lambda: {(): float(fleet.redis_unavailable)},
+    )
     if name == "moderation":
         classifier = None
         if settings.moderation_template:

@@ -11,11 +11,14 @@ whole fleet (see :mod:`processors.fleet.gcra`).
 
 When Redis does not answer, the worker keeps going: no cache, and the same buckets held
 in-process at ``local_share`` of the limits; it warns once, and tries Redis again every
-``retry_redis_seconds``.
+``retry_redis_seconds``: with the next call that comes, and with a ping of its own, so
+that it says Redis is back (and uses it) even when no job happens to ask.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -130,6 +133,7 @@ class FleetState:
         self._config = config
         self._local = LocalBuckets()
         self._down_since: float | None = None
+        self._probe: asyncio.Task[None] | None = None
         self._lines: dict[tuple[tuple[str, ...], str], WaitingLine[Lookup]] = {}
         self._other_round_trips = 0
         if redis is not None:
@@ -359,6 +363,31 @@ class FleetState:
             return Lookup(None, max(0.0, (send - now) / 1000.0 - horizon), reserved=False)
         return Lookup(None, max(0.0, (send - now) / 1000.0), send_at=send / 1000.0)
 
+    @property
+    def redis_unavailable(self) -> bool:
+        """Whether Redis last failed to answer (limits held locally, no cache)."""
+        return self._down_since is not None
+
+    async def close(self) -> None:
+        """Stop pinging a Redis that is away."""
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+            self._probe = None
+
+    async def _ping_until_back(self) -> None:
+        assert self._redis is not None
+        while self._down_since is not None:
+            await asyncio.sleep(self._config.retry_redis_seconds)
+            try:
+                self._other_round_trips += 1
+                await self._redis.ping()
+            except REDIS_ERRORS:
+                continue
+            self._came_back()
+        self._probe = None
+
     def _use_redis(self) -> bool:
         if self._redis is None:
             return False
@@ -375,6 +404,9 @@ class FleetState:
                 self._config.local_share * 100,
             )
         self._down_since = time.monotonic()
+        if self._probe is None and self._redis is not None:
+            with contextlib.suppress(RuntimeError):  # no running loop: the next call retries
+                self._probe = asyncio.get_running_loop().create_task(self._ping_until_back())
 
     def _came_back(self) -> None:
         if self._down_since is not None:

@@ -33,6 +33,7 @@ from promptmill.dev.harness import (
 from schemas import ChatMessage, Completion, PromptJob, decode, encode
 from schemas.jobs import ModelParams
 from topics.metrics import Registry
+from topics.redis import connect_redis
 from topics.templates import TemplateStore
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -232,3 +233,29 @@ async def test_true_up_setting_decides_what_a_call_is_charged(env: Env, true_up:
     expected = usage.prompt_tokens + 100 if true_up == "prompt" else usage.total_tokens
     assert usage.completion_tokens < 100  # so the two modes differ
     assert charged == pytest.approx(expected, abs=0.01)
+
+
+async def test_a_worker_with_nothing_to_ask_still_notices_redis_is_back(tmp_path: Path) -> None:
+    """Redis away, then back while no job asks anything: the fleet's own ping finds it
+    within ``retry_redis_seconds`` (found by CI: a worker whose share of a batch ended
+    just after Redis returned never said so, and kept the cache off until the next job)."""
+    url, servers = await private_redis(tmp_path)
+    redis = connect_redis(url)
+    limits = LimitTable({"m": Limit(rpm=600)})
+    fleet = FleetState(redis, "probe", limits, FleetConfig(retry_redis_seconds=0.5))
+    try:
+        assert (await fleet.reserve("m", "default", 1)).send_at is not None
+        servers[-1].kill()
+        servers[-1].wait(10)
+        await fleet.reserve("m", "default", 1)  # held locally, and it is noted
+        assert fleet.redis_unavailable
+        await asyncio.sleep(1.2)  # pings that find nobody keep it noted
+        assert fleet.redis_unavailable
+        servers.append(await start_redis(tmp_path, url))
+        await until(lambda: not fleet.redis_unavailable, within=3)
+    finally:
+        await fleet.close()
+        await redis.aclose()
+        for server in servers:
+            server.kill()
+            server.wait(10)

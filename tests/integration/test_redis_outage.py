@@ -12,7 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from promptmill.dev.harness import Env, private_redis, start_redis, until, write_jsonl
+from promptmill.dev.harness import Env, private_redis, scrape, start_redis, until, write_jsonl
+from promptmill.dev.processes import free_port
 from schemas import Completion
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -22,6 +23,7 @@ LOCAL_SHARE = 0.5  # of it, per worker, while Redis is away
 OUTAGE = 12.0
 JOBS = 2800
 LOST_AFTER = 300  # completions
+UNAVAILABLE = "promptmill_redis_unavailable"
 
 
 async def test_redis_lost_for_12_seconds_with_two_workers(env: Env, tmp_path: Path) -> None:
@@ -34,20 +36,25 @@ async def test_redis_lost_for_12_seconds_with_two_workers(env: Env, tmp_path: Pa
         ]
         batch = await env.submit(write_jsonl(tmp_path / "jobs.jsonl", rows))
         limits = {"promptmill-sim": {"rpm": int(RATE * 60)}}
+        ports = [free_port(), free_port()]
         workers = [
             env.start_worker(
                 REDIS_URL=url,
                 PROMPTMILL_MODEL_LIMITS=orjson.dumps(limits).decode(),
                 PROMPTMILL_RATE_LIMIT_LOCAL_SHARE=str(LOCAL_SHARE),
+                PROMPTMILL_METRICS_PORT=str(port),
             )
-            for _ in range(2)
+            for port in ports
         ]
         records, following = env.follow(batch)
         await until(lambda: len(records) >= LOST_AFTER, *workers, within=60)
         servers[-1].kill()  # Redis is lost, without a goodbye
         servers[-1].wait(10)
         lost_at = time.time()
-        await asyncio.sleep(OUTAGE)
+        await asyncio.sleep(OUTAGE / 2)
+        for port in ports:  # each says so on /metrics
+            assert (await scrape(f"http://127.0.0.1:{port}"))[UNAVAILABLE] == 1
+        await asyncio.sleep(OUTAGE / 2)
         back_at = time.time()  # before it starts: [lost_at, back_at) is all outage
         servers.append(await start_redis(tmp_path, url))
         assert len(records) < JOBS - RATE * 3, "the batch ended too soon after the outage"
@@ -69,7 +76,11 @@ async def test_redis_lost_for_12_seconds_with_two_workers(env: Env, tmp_path: Pa
     )
     assert len(during) <= allowed
     assert len(during) >= 0.5 * allowed  # and the workers kept going
-    for worker in workers:
+    # each notices within retry_redis_seconds (2 s) of its return, whether or not a job asks:
+    # a worker whose share of the batch ended sooner pings it on its own
+    await until(lambda: all("Redis answers again" in w.tail(1000) for w in workers), within=10)
+    for worker, port in zip(workers, ports, strict=True):
         log = worker.tail(1000)
         assert log.count("Redis unavailable") == 1, log
         assert log.count("Redis answers again") == 1, log
+        assert (await scrape(f"http://127.0.0.1:{port}"))[UNAVAILABLE] == 0
