@@ -48,6 +48,7 @@ from processors.assertions import (
 from processors.fleet import FleetState
 from processors.fleet.ticket import Ticket
 from processors.model import ModelCallError, ModelClient
+from processors.model_user import ModelUser
 from processors.runtime import InRecord, Outcome
 from processors.runtime.deadletters import About, DeadLetters, completion_of
 from schemas import ChatMessage, Completion, Stage, encode
@@ -72,24 +73,16 @@ class EvalsConfig:
     alert_min_samples: int = 20  # before which no alert
 
 
-class PipelineJudge:
+class PipelineJudge(ModelUser):
     """The judge of model-backed checks through the pipeline's model client and fleet
     limits, spent on the completion's tenant."""
 
     def __init__(
         self, model: ModelClient, fleet: FleetState, config: EvalsConfig, tenant: str
     ) -> None:
-        self._model = model
-        self._fleet = fleet
+        super().__init__(model, fleet)
         self._config = config
         self._tenant = tenant
-
-    async def start(self) -> None:
-        await self._model.start()
-
-    async def stop(self) -> None:
-        await self._fleet.close()
-        await self._model.stop()
 
     async def similarity(self, output: str, expected: str) -> float:
         name = self._config.embedding_model
@@ -158,7 +151,7 @@ class PassRateWatch:
         return {k: float(self._low.get(k, False)) for k in self._scores}
 
 
-class EvalsProcessor:
+class EvalsProcessor(ModelUser):
     """Handles records of the completions topic."""
 
     name = "evals"
@@ -174,9 +167,8 @@ class EvalsProcessor:
     ) -> None:
         self._evals = catalog.name(TopicKind.EVALS)
         self._dead = DeadLetters(catalog.name(TopicKind.FAILURES), Stage.EVALS)
+        super().__init__(model, fleet)
         self._store = store
-        self._model = model
-        self._fleet = fleet
         self._config = config
         self.watch = PassRateWatch(config)
         labels = ("template", "version")
@@ -213,13 +205,6 @@ class EvalsProcessor:
             labels,
             read=self.watch.alerts,
         )
-
-    async def start(self) -> None:
-        await self._model.start()
-
-    async def stop(self) -> None:
-        await self._fleet.close()
-        await self._model.stop()
 
     async def handle(self, record: InRecord) -> Sequence[Outcome]:
         try:

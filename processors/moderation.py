@@ -20,6 +20,7 @@ from processors.classifier import Classifier
 from processors.fleet import FleetState
 from processors.fleet.ticket import Ticket
 from processors.model import ModelCallError, ModelClient
+from processors.model_user import ModelUser
 from processors.runtime import InRecord, Outcome
 from processors.runtime.deadletters import About, DeadLetters, completion_of
 from schemas import (
@@ -38,7 +39,7 @@ from topics.metrics import Registry
 MODERATION_LIMITS = "moderation"
 
 
-class ModerationProcessor:
+class ModerationProcessor(ModelUser):
     """Handles records of the completions topic."""
 
     name = "moderation"
@@ -56,19 +57,12 @@ class ModerationProcessor:
         self._approved = catalog.name(TopicKind.APPROVED)
         self._flagged = catalog.name(TopicKind.FLAGGED)
         self._dead = DeadLetters(catalog.name(TopicKind.FAILURES), Stage.MODERATION)
-        self._model = model
+        super().__init__(model, fleet)
         self._moderation_model = moderation_model
         self._classifier = classifier
-        self._fleet = fleet
         self._counts = registry.counter(
             "promptmill_verdicts_total", "Completions checked, by verdict.", ("flagged",)
         )
-
-    async def start(self) -> None:
-        await self._model.start()
-
-    async def stop(self) -> None:
-        await self._model.stop()
 
     async def handle(self, record: InRecord) -> Sequence[Outcome]:
         try:

@@ -20,7 +20,6 @@ after every change, at most once per flush, and readers keep its highest revisio
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -51,6 +50,7 @@ from schemas.results import terminal_record
 from topics import KafkaConnection, TopicCatalog, TopicKind
 from topics.metrics import Registry
 from topics.redis import REDIS_ERRORS, LuaScript, RedisClient, tagged
+from topics.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +173,7 @@ class ReportingProcessor:
 
     async def stop(self) -> None:
         if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            await cancel(self._flusher)
             self._flusher = None
             try:
                 await self.flush()  # what this worker counted last goes out now

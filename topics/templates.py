@@ -23,7 +23,6 @@ effect within a poll interval. It reads committed records only: pushes are trans
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any, TypeVar
 
@@ -44,6 +43,7 @@ from schemas.evals import OnlineChecks
 from schemas.yaml_files import YamlFileError
 from topics.connection import KafkaConnection
 from topics.partitions import read_to_end, topic_partitions
+from topics.tasks import cancel
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", Template, LabelRecord, CatalogRevision, OnlineChecks)
@@ -265,11 +265,8 @@ class TemplateRegistry:
             await self._consumer.stop()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel(task)
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None

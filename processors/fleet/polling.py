@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from topics.redis import REDIS_ERRORS
+from topics.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,5 @@ class Follower:
             )
 
     async def stop(self) -> None:
-        if self._task is not None:
-            task, self._task = self._task, None
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        task, self._task = self._task, None
+        await cancel(task)

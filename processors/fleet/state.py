@@ -33,6 +33,7 @@ from processors.fleet.gcra import Charge, LocalBuckets
 from processors.fleet.limits import BucketSpec, LimitTable, rate_limit_key
 from processors.fleet.line import WaitingLine
 from topics.redis import REDIS_ERRORS, LuaScript, RedisClient
+from topics.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -370,11 +371,8 @@ class FleetState:
 
     async def close(self) -> None:
         """Stop pinging a Redis that is away."""
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
-            self._probe = None
+        probe, self._probe = self._probe, None
+        await cancel(probe)
 
     async def _ping_until_back(self) -> None:
         assert self._redis is not None

@@ -25,6 +25,7 @@ from topics.batch_index import STREAM_FIELD, counters_key
 from topics.blobs import lines
 from topics.objects import TTL_SECONDS, FileRecord
 from topics.redis import REDIS_ERRORS, LuaScript, tagged, text
+from topics.tasks import cancel
 
 log = logging.getLogger(__name__)
 # a lease (PROMPTMILL_SERVE_LEASE_SECONDS) is renewed, and lapsed ones swept, every third of it
@@ -92,9 +93,7 @@ class BatchRunner:
         except Exception:  # the lease lapses and a sweeper tries again
             log.exception("batch %s: submission failed; it will be retried", batch_id)
         finally:
-            renew.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renew
+            await cancel(renew)
 
     async def _renew(self, batch_id: str) -> None:
         while True:
