@@ -88,12 +88,12 @@ class Env:
         return env | self.extra | overrides
 
     def cli(
-        self, *args: str, check: bool = True, timeout: float = 120
+        self, *args: str, check: bool = True, timeout: float = 120, **overrides: str
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``promptmill ARGS`` as a user would, in this env."""
+        """Run ``promptmill ARGS`` as a user would, in this env (plus ``overrides``)."""
         result = subprocess.run(
             [sys.executable, "-m", "promptmill", *args],
-            env=self.environ(),
+            env=self.environ(**overrides),
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -26,7 +26,7 @@ import logging
 import signal
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from aiohttp import web
@@ -106,6 +106,12 @@ class SimStats:
     timeouts: int = 0
     malformed: int = 0
     azure: int = 0  # chat completions that came by the Azure-shaped path
+    # answered requests by endpoint and the model they named: {"chat:gpt-x": 3, ...}
+    models: dict[str, int] = field(default_factory=dict)
+
+    def answered(self, endpoint: str, model: object) -> None:
+        key = f"{endpoint}:{model}"
+        self.models[key] = self.models.get(key, 0) + 1
 
 
 def error_response(
@@ -233,6 +239,7 @@ class Simulator:
             self.stats.chat_completions += 1
         else:
             self.stats.completions += 1
+        self.stats.answered("chat" if chat else "completions", req.model)
         answer = completion_body(req, out, prompt_tokens, chat=chat)
         return web.json_response(answer, headers=admission.headers)
 
@@ -263,6 +270,7 @@ class Simulator:
         except InvalidRequest as exc:
             return error_response(400, exc.message, param=exc.param)
         setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+        self.stats.answered(counter, body.get("model"))
         await asyncio.sleep(self._latency())
         return web.json_response(answer)
 
@@ -400,12 +408,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m promptmill.dev.simulator")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    for flag, (field, kind) in _FLAGS.items():
-        info = SimConfig.model_fields[field]
-        parser.add_argument(flag, dest=field, type=kind, help=f"{info.description}")
+    for flag, (name, kind) in _FLAGS.items():
+        info = SimConfig.model_fields[name]
+        parser.add_argument(flag, dest=name, type=kind, help=f"{info.description}")
     parser.add_argument("--model", dest="models", action="append", help="Repeatable.")
     args = parser.parse_args(argv)
-    fields = [*(field for field, _ in _FLAGS.values()), "models"]
+    fields = [*(name for name, _ in _FLAGS.values()), "models"]
     given = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
     try:
         config = SimConfig.model_validate(given)

@@ -110,6 +110,7 @@ async def test_online_checks_score_canary_and_baseline_and_alert(env: Env, tmp_p
         PROMPTMILL_EVALS_ALERT_PASS_RATE="0.8",
         PROMPTMILL_EVALS_ALERT_MIN_SAMPLES="10",
         PROMPTMILL_EVALS_ALERT_WINDOW="50",
+        PROMPTMILL_EVALS_JUDGE_MODEL=f"judge-{env.prefix}",
     )
     env.start_worker("--processor", "reporting", **FAST_REPORTS)
     env.start_worker()
@@ -129,7 +130,10 @@ async def test_online_checks_score_canary_and_baseline_and_alert(env: Env, tmp_p
         assert score.judged == judged
         kinds = [a.type for a in score.assertions]
         assert kinds == ["icontains", "regex", *(["llm-rubric"] if judged else [])], kinds
-    assert 60 <= sum(s.judged for s in scores.values()) <= 140
+    judgements = sum(s.judged for s in scores.values())
+    assert 60 <= judgements <= 140
+    asked = (await sim_call(env.endpoints.sim_url, "GET", "/sim/stats"))["models"]
+    assert asked.get(f"chat:judge-{env.prefix}") == judgements, asked  # the judge it was told
 
     rows = await _report_rows(env, 200)
     baseline, canary = rows["say@1"], rows["say@2"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from promptmill.dev.harness import Env
+from promptmill.dev.harness import Env, sim_call
 
 pytestmark = [pytest.mark.timeout(180)]
 
@@ -103,9 +103,21 @@ async def test_all_passing_exits_0_and_repeat_reports_pass_rates(env: Env, tmp_p
     passing = TESTS.split("  - description: says goodbye")[0]
     directory = _suite(tmp_path, passing)
     env.start_worker()
-    ran = env.cli("templates", "test", str(directory / "greet.tests.yaml"), "--repeat", "3")
+    # the judge and embedding models named by the settings are the ones asked, on the wire
+    judge, vectors = f"judge-{env.prefix}", f"vectors-{env.prefix}"
+    ran = env.cli(
+        "templates",
+        "test",
+        str(directory / "greet.tests.yaml"),
+        "--repeat",
+        "3",
+        PROMPTMILL_EVALS_JUDGE_MODEL=judge,
+        PROMPTMILL_EVALS_EMBEDDING_MODEL=vectors,
+    )
     assert ran.returncode == 0
     assert "greet: says hello [3/3]" in ran.stdout
+    asked = (await sim_call(env.endpoints.sim_url, "GET", "/sim/stats"))["models"]
+    assert (asked.get(f"chat:{judge}"), asked.get(f"embeddings:{vectors}")) == (3, 3), asked
     # a ref that is not the local file: the version just published, by number
     again = env.cli("templates", "test", str(directory), "--ref", "@1")
     assert "1 of 1 case(s) passed" in again.stdout

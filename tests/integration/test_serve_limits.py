@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -111,6 +112,7 @@ async def test_kill_9_of_serve_and_of_workers_mid_batch_loses_and_repeats_no_lin
         )
         await asyncio.sleep(0.3)  # its submission has started; kill the replica under it
         service.serve.kill9()
+        killed_at = time.time()
         service.serve, service.base_url = env.start_serve(**lease)  # another one takes over
         await service.ready()
     async with service.client(key) as client:
@@ -128,7 +130,11 @@ async def test_kill_9_of_serve_and_of_workers_mid_batch_loses_and_repeats_no_lin
     assert len(ids) == 3000 and set(ids) == {f"req-{i}" for i in range(3000)}
     assert done.error_file_id is None
     log = "\n".join(p.log.read_text() for p in env.workers if "serve" in p.log.name)
-    assert "taking over its submission" in log
+    (line,) = [row for row in log.splitlines() if "taking over its submission" in row]
+    taken_at = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    # once the 3 s lease (renewed each second) lapsed, at the next sweep: not at once, and
+    # long before the default 15 s
+    assert 1.5 <= taken_at - killed_at <= 8, taken_at - killed_at
 
 
 async def test_hostile_requests_get_clear_errors_and_serve_stays_healthy(

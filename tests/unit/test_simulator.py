@@ -202,7 +202,8 @@ async def test_embeddings_are_deterministic_and_close_for_texts_sharing_words(si
     )
     assert same == pytest.approx(1.0) and near > 0.5 and far < 0.3 and near > far
     assert answer.usage.prompt_tokens > 0 and len(answer.data[0].embedding) == 256
-    assert (await sim.admin("stats"))["embeddings"] == 1
+    stats = await sim.admin("stats")
+    assert stats["embeddings"] == 1 and stats["models"] == {"embeddings:promptmill-sim-embed": 1}
     with pytest.raises(openai.BadRequestError):
         await sim.client.embeddings.create(model="m", input=[])
 
@@ -223,6 +224,7 @@ async def test_stats_and_reset(sim: Sim) -> None:
         "timeouts": 0,
         "malformed": 0,
         "azure": 0,
+        "models": {f"chat:{MODEL}": 1, f"completions:{MODEL}": 1},
     }
     await sim.admin("reset")
     assert (await sim.admin("stats"))["requests"] == 0
