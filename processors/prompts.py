@@ -275,8 +275,33 @@ class PromptProcessor:
         if router is not None:
             routes += _fitting(call, router.order(call.model, is_open))
         candidates = [r.limit_key for r in Router.candidates([r for r in routes if r], is_open)]
+        probe = None
+        if breakers is not None:  # this job may be the probe of a half-open deployment
+            probe = breakers.take_probe(
+                r.limit_key for r in routes if r and not paused.get(r.limit_key, False)
+            )
+        if probe is not None:  # there first, alone; the others behind it as usual
+            at = next(i for i, r in enumerate(routes) if r and r.limit_key == probe)
+            routes.insert(0, routes.pop(at))
+            candidates = [probe]
         routes = routes or [None]
         names = candidates or [call.model]
+        try:
+            return await self._sent(call, key, router, routes, names)
+        finally:
+            if breakers is not None and probe is not None:
+                breakers.release(probe)
+
+    async def _sent(
+        self,
+        call: _Call,
+        key: str | None,
+        router: Router | None,
+        routes: list[Route | None],
+        names: list[str],
+    ) -> tuple[ModelReply, bool]:
+        """The cached answer, or the first of ``routes`` to answer (among ``names``, the
+        one the fleet's buckets have room in soonest goes first)."""
         found = await self._fleet.lookup(key, names, call.tenant, call.reserved)
         if found.cached is not None:
             return _reply_from_cache(found.cached), True
@@ -325,6 +350,8 @@ class PromptProcessor:
                     continue
                 price = route.cost_usd(reply.usage) if route is not None else None
                 if route is not None:
+                    if self._breakers is not None:
+                        await self._breakers.succeeded(route.limit_key)
                     name = route.label(call.model)
                     reply = replace(
                         reply,

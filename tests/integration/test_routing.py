@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from processors.routing import FAILOVER_ATTEMPTS
 from promptmill.dev.harness import Env, scrape, sim_call, uncached_jobs, write_jsonl
 from promptmill.dev.processes import free_port, stop
 from promptmill.dev.stack import start_model_sim
@@ -132,11 +133,21 @@ async def test_a_failing_deployments_breaker_opens_for_the_fleet_and_it_recovers
     hits = (await sim_call(second_sim, "GET", "/sim/stats"))["requests"]
     assert 6 <= hits <= 300, hits
 
+    # cooled down while b still fails: half-open, one job probes it (2 attempts, then a)
+    # and it opens again; not every job that draws b, each through its attempts
+    await asyncio.sleep(7)
+    still = await env.collect(await env.submit(uncached_jobs(tmp_path, "still", 300)), within=120)
+    assert {r.deployment for r in still.values() if isinstance(r, Completion)} == {"a"}
+    probed = (await sim_call(second_sim, "GET", "/sim/stats"))["requests"] - hits
+    assert 1 <= probed <= 2 * FAILOVER_ATTEMPTS, probed
+
     await sim_call(second_sim, "POST", "/sim/config", {"error_rate": 0.0})  # b is back
     await asyncio.sleep(7)  # the cooldown, and a look at the breakers
-    second = await env.collect(await env.submit(uncached_jobs(tmp_path, "two", 200)), within=120)
+    # the first job probes b and closes its breaker; those taken up meanwhile (a worker's
+    # concurrency) went to a, the rest go to both
+    second = await env.collect(await env.submit(uncached_jobs(tmp_path, "two", 400)), within=120)
     back = Counter(r.deployment for r in second.values() if isinstance(r, Completion))
-    assert len(second) == 200 and back["b"] >= 50, back
+    assert len(second) == 400 and back["b"] >= 80, back
 
 
 async def test_a_prompt_too_large_for_a_deployments_context_window_goes_to_a_larger_one(
