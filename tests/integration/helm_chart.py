@@ -55,6 +55,7 @@ SECURE: dict[str, Any] = {
         "moderationModel": "omni-moderation-latest",
     },
     "serviceMonitor": {"enabled": True},
+    "prometheusRule": {"enabled": True},
 }
 # The front door with everything it can reference: HTTPS in the pods, an ingress with TLS,
 # an HPA, S3 with its key pair from a Secret, and a ServiceMonitor; Kafka and Redis as SECURE.
@@ -138,6 +139,7 @@ class Tools:
     schema_location: str
     keda_kafka_parameters: Path
     kube_version: str
+    promql_check: str  # Prometheus's PromQL parser (helm/promql-check)
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,7 @@ class RenderError(Exception):
 
 
 def find_tools() -> Tools:
-    """Build (the first time) or find helm, kubeconform and the schemas."""
+    """Build (the first time) or find helm, kubeconform, promql-check and the schemas."""
     proc = subprocess.run(
         ["bash", str(ROOT / "helm" / "tools.sh")],
         capture_output=True,
@@ -179,6 +181,7 @@ def find_tools() -> Tools:
         schema_location=found["SCHEMA_LOCATION"],
         keda_kafka_parameters=Path(found["KEDA_KAFKA_PARAMETERS"]),
         kube_version=found["KUBE_VERSION"],
+        promql_check=found["PROMQL_CHECK"],
     )
 
 

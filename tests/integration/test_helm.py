@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +31,7 @@ from promptmill.settings import Settings
 from tests.integration.helm_chart import (
     CHART,
     PREFIX,
+    ROOT,
     SCENARIOS,
     Manifest,
     Rendered,
@@ -357,6 +360,56 @@ def test_services_pdbs_and_servicemonitor_select_the_pods(rendered: dict[str, Re
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
     assert rendered["keda"].kind("ServiceMonitor") == {}
+
+
+def test_alerts_watch_the_fleet_on_series_the_workers_export(
+    tools: Tools, rendered: dict[str, Rendered]
+) -> None:
+    """The PrometheusRule sums every worker's series of the release (namespace, and the
+    ServiceMonitor's jobs: the Services' names), and names only metrics and labels that the
+    code registers (the scrape adds namespace, job and pod)."""
+    [rule] = rendered["secure"].kind("PrometheusRule").values()
+    assert rendered["keda"].kind("PrometheusRule") == {}  # off by default
+    rules = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert set(rules) == {
+        "PromptmillEvalPassRateLow",
+        "PromptmillRedisUnavailable",
+        "PromptmillModelBreakerOpen",
+        "PromptmillModelCredentialsRejected",
+        "PromptmillDeadLetterRateHigh",
+    }
+    low = rules["PromptmillEvalPassRateLow"]
+    assert ") < 0.8" in low["expr"] and ">= 20" in low["expr"] and "[30m]" in low["expr"]
+    assert low["for"] == "10m"
+    assert "{{ $labels.template }}@{{ $labels.version }}" in low["annotations"]["summary"]
+    parsed = subprocess.run(
+        [tools.promql_check],
+        input=json.dumps({name: r["expr"] for name, r in rules.items()}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert parsed.returncode == 0, parsed.stdout + parsed.stderr  # PromQL that Prometheus reads
+    services = set(rendered["secure"].kind("Service"))
+    sources = "\n".join(
+        path.read_text()
+        for folder in ("processors", "producers", "topics", "promptmill")
+        for path in (ROOT / folder).rglob("*.py")
+    )
+    for name, alert in rules.items():
+        expr = alert["expr"]
+        for selector in re.findall(r"\{([^}]*)\}", expr):
+            assert 'namespace="llm"' in selector and f'job=~"{PREFIX}-.*"' in selector, name
+        assert all(re.fullmatch(f"{PREFIX}-.*", s) for s in services)
+        for metric in set(re.findall(r"\bpromptmill_[a-z_]+", expr)):
+            at = sources.find(f'"{metric}"')
+            assert at >= 0, f"{name}: {metric} is not a metric the code registers"
+            declared = sources[max(0, at - 200) : at + 400]  # its name, help and labels
+            used = re.findall(r"by \(([^)]*)\)", expr) + re.findall(r"(\w+)=", expr)
+            labels = {x.strip() for u in used for x in u.split(",")} - {"namespace", "job", "pod"}
+            for label in labels:
+                assert f'"{label}"' in declared, f"{name}: {metric} has no label {label}"
 
 
 # --- the front door -------------------------------------------------------------------
@@ -729,6 +782,8 @@ def test_a_username_from_the_secret(rendered: dict[str, Rendered]) -> None:
             {"processors": {"serve": dict(chart_values()["processors"]["prompts"])}},
             "invalid propertyName 'serve'",
         ),
+        ({"prometheusRule": {"evalPassRate": {"threshold": 80}}}, "/prometheusRule/evalPassRate"),
+        ({"prometheusRule": {"breakerOpenFor": "ten minutes"}}, "/prometheusRule/breakerOpenFor"),
     ],
     ids=[
         "sasl-without-secret",
@@ -750,6 +805,8 @@ def test_a_username_from_the_secret(rendered: dict[str, Rendered]) -> None:
         "ingress-without-hosts",
         "misspelt-ingress-key",
         "processor-named-serve",
+        "pass-rate-not-a-ratio",
+        "alert-duration-not-promql",
     ],
 )
 def test_bad_values_are_refused(tools: Tools, values: dict[str, Any], message: str) -> None:

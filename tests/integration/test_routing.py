@@ -139,6 +139,7 @@ async def test_a_failing_deployments_breaker_opens_for_the_fleet_and_it_recovers
     still = await env.collect(await env.submit(uncached_jobs(tmp_path, "still", 300)), within=120)
     assert {r.deployment for r in still.values() if isinstance(r, Completion)} == {"a"}
     probed = (await sim_call(second_sim, "GET", "/sim/stats"))["requests"] - hits
+    print(f"b, still failing, got {probed} call(s) of a 300-job batch after its cooldown")
     assert 1 <= probed <= 2 * FAILOVER_ATTEMPTS, probed
 
     await sim_call(second_sim, "POST", "/sim/config", {"error_rate": 0.0})  # b is back
