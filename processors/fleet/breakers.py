@@ -116,6 +116,8 @@ class Breakers(Follower):
     def take_probe(self, names: Iterable[str]) -> str | None:
         """The first of ``names`` whose probe this worker won and has not sent yet: the
         caller's job is that probe (send it there first); ``None`` if there is none."""
+        if not self._permits:  # nearly always: nothing to probe (every job asks)
+            return None
         now = time.time()
         for name in names:
             if self._permits.get(name, 0.0) > now and name not in self._probing:
