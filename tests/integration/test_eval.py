@@ -8,24 +8,13 @@ from pathlib import Path
 import pytest
 
 from promptmill.dev.harness import Env, write_jsonl
+from tests.integration.steered import say_version
 
 pytestmark = [pytest.mark.timeout(240)]
 
-TEMPLATE = """\
-name: say
-params: {{temperature: 0, max_tokens: 16}}
-variables: [word]
-messages:
-  - role: user
-    content: "Say {{{{ word }}}}. [[sim:reply={reply}]]"
-"""
-
 
 def _push(env: Env, tmp_path: Path, version: str, reply: str) -> None:
-    directory = tmp_path / version
-    directory.mkdir()
-    (directory / "say.yaml").write_text(TEMPLATE.format(reply=reply))
-    env.cli("templates", "push", str(directory))
+    env.cli("templates", "push", str(say_version(tmp_path / version, reply)))
 
 
 async def test_eval_compares_two_versions_and_its_exit_code_gates(env: Env, tmp_path: Path) -> None:

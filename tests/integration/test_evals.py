@@ -19,19 +19,12 @@ from promptmill.dev.processes import free_port
 from schemas import Completion, decode
 from schemas.evals import EvalScore
 from schemas.templates import canary_draw
+from tests.integration.steered import say_version
 from topics import TopicKind
 from topics.partitions import topic_partitions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-TEMPLATE = """\
-name: say
-params: {{temperature: 0, max_tokens: 16}}
-variables: [word]
-messages:
-  - role: user
-    content: "Say {{{{ word }}}}. [[sim:reply={reply}]]"
-"""
 # the simulator's judge answers what the rubric's marker tells it to
 CHECKS = """\
 defaults:
@@ -47,11 +40,7 @@ FAST_REPORTS = {"PROMPTMILL_REPORT_FLUSH_SECONDS": "0.2"}
 
 
 def _version(tmp_path: Path, name: str, reply: str) -> Path:
-    directory = tmp_path / name
-    directory.mkdir()
-    (directory / "say.yaml").write_text(TEMPLATE.format(reply=reply))
-    (directory / "say.tests.yaml").write_text(CHECKS)
-    return directory
+    return say_version(tmp_path / name, reply, CHECKS)
 
 
 def _jobs(tmp_path: Path, count: int) -> Path:
