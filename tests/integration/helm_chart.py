@@ -55,7 +55,17 @@ SECURE: dict[str, Any] = {
         "moderationModel": "omni-moderation-latest",
     },
     "serviceMonitor": {"enabled": True},
-    "prometheusRule": {"enabled": True},
+    # every value not the default, so that a test sees each one's effect
+    "prometheusRule": {
+        "enabled": True,
+        "labels": {"release": "kube-prometheus"},
+        "severity": "page",
+        "evalPassRate": {"threshold": 0.75, "window": "1h", "minSamples": 50, "for": "15m"},
+        "redisUnavailableFor": "3m",
+        "breakerOpenFor": "20m",
+        "credentialsPausedFor": "1m",
+        "deadLetterRatio": 0.1,
+    },
 }
 # The front door with everything it can reference: HTTPS in the pods, an ingress with TLS,
 # an HPA, S3 with its key pair from a Secret, and a ServiceMonitor; Kafka and Redis as SECURE.

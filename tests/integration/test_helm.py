@@ -378,9 +378,18 @@ def test_alerts_watch_the_fleet_on_series_the_workers_export(
         "PromptmillModelCredentialsRejected",
         "PromptmillDeadLetterRateHigh",
     }
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus"
     low = rules["PromptmillEvalPassRateLow"]
-    assert ") < 0.8" in low["expr"] and ">= 20" in low["expr"] and "[30m]" in low["expr"]
-    assert low["for"] == "10m"
+    assert ") < 0.75" in low["expr"] and ">= 50" in low["expr"] and "[1h]" in low["expr"]
+    assert "[30m]" not in low["expr"] and low["for"] == "15m"
+    fors = {name: r["for"] for name, r in rules.items()}
+    assert fors["PromptmillRedisUnavailable"] == "3m"
+    assert fors["PromptmillModelBreakerOpen"] == "20m"
+    assert fors["PromptmillModelCredentialsRejected"] == "1m"
+    assert rules["PromptmillDeadLetterRateHigh"]["expr"].endswith("> 0.1")
+    severities = {name: r["labels"]["severity"] for name, r in rules.items()}
+    assert severities.pop("PromptmillModelCredentialsRejected") == "critical"
+    assert set(severities.values()) == {"page"}
     assert "{{ $labels.template }}@{{ $labels.version }}" in low["annotations"]["summary"]
     parsed = subprocess.run(
         [tools.promql_check],
