@@ -107,7 +107,10 @@ async def test_true_up_corrects_estimates_and_tokens_stay_within_the_limit(env: 
         _acquire_in_processes, env, env.prefix, 4, 0, 60_000, 100, 1000, 250
     )
     assert _most_in_any_window(over, costs=250) <= 60_000
-    assert sum(1 for t in over if t < over[0] + WINDOW) >= 100
+    # without the true-up exactly 60 fit. How many more depends on how the four processes
+    # interleave (a refund never moves the bucket behind a send another one booked): ~200
+    # on one node, once 99 on a 3-master cluster under load, so the bound is a third more
+    assert sum(1 for t in over if t < over[0] + WINDOW) >= 80
     # each reserves 250 but uses 1,000: the charge pushes later calls back (about 60 fit)
     under = await asyncio.to_thread(
         _acquire_in_processes,
